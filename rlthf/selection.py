@@ -1,0 +1,112 @@
+"""One RLTHF selection step (paper sections 3.2.4 and 3.2.5): flip, pick the human batch, rebuild the training set.
+
+Pure numpy. Positions index the shard's pairs (as in the margins given to ``analyze_curve``); ranks index the
+sorted curve. One iteration, given the curve of the last reward model over the shard under its working labels:
+
+(a) **flip**: every pair at or past the reflection point that no human has labelled gets the other label;
+    the reward model disagrees with its label as strongly as it agrees with the elbow's.
+(b) **annotate**: ``annotation_size`` pairs no human has labelled, starting just left of the reflection point
+    and moving left toward (and, when the batch is larger than that stretch, past) the knee; pairs at or past
+    the reflection point come last, only when nothing else is left.
+(c) **train**: every human-labelled pair (this batch included) repeated ``amplification`` (alpha) times, plus
+    the other pairs ranked left of ``(1 - backoff) * knee_index`` (beta backs off from the knee: the region
+    between elbow and knee has accuracy near 50%).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from rlthf.analysis import CurveAnalysis
+
+
+@dataclass(frozen=True)
+class Selection:
+    flip: np.ndarray  # positions whose working label is flipped
+    annotate: np.ndarray  # positions sent to humans, in the order they were picked
+    train: np.ndarray  # positions of the next training set; a human-labelled pair appears `repeats` times
+    train_cutoff_rank: int  # non-human pairs ranked below this enter training
+    repeats: int  # copies of each human-labelled pair
+
+    def summary(self) -> dict:
+        return {"flipped": len(self.flip), "annotated": len(self.annotate), "train_rows": len(self.train),
+                "train_cutoff_rank": self.train_cutoff_rank, "repeats": self.repeats}
+
+
+def schedule_value(schedule: Sequence[float], iteration: int) -> float:
+    """The value of an alpha/beta schedule at ``iteration`` (1-based); the last entry repeats.
+
+    >>> [schedule_value([0.6, 0.6, 0.6, 0.4, 0.2, 0.1], k) for k in (1, 4, 6, 9)]
+    [0.6, 0.4, 0.1, 0.1]
+    """
+    if iteration < 1:
+        raise ValueError(f"schedules start at iteration 1, got {iteration}")
+    if len(schedule) == 0:
+        raise ValueError("a schedule needs at least one value")
+    return float(schedule[min(iteration, len(schedule)) - 1])
+
+
+def annotation_batch_size(n_pairs: int, annotation_fraction: float) -> int:
+    """Pairs sent to humans in one iteration: ``round(annotation_fraction * n_pairs)``."""
+    return int(round(annotation_fraction * n_pairs))
+
+
+def select_pairs(
+    analysis: CurveAnalysis,
+    human_labelled,
+    *,
+    annotation_size: int,
+    amplification: float,
+    backoff: float,
+    flip: bool = True,
+) -> Selection:
+    """Flip, annotation batch and next training set for one iteration.
+
+    Parameters
+    ----------
+    analysis : CurveAnalysis
+        The curve of the shard under its current working labels.
+    human_labelled : array-like of bool, shape (n,)
+        True for pairs a human has already labelled (by position).
+    annotation_size : int
+        Pairs to send to humans now (fewer when fewer are unlabelled).
+    amplification : float
+        alpha: copies of each human-labelled pair in the training set (rounded, at least 1).
+    backoff : float
+        beta in [0, 1): non-human pairs enter training only when ranked below ``(1 - beta) * knee_index``.
+    flip : bool, default=True
+        Whether to flip pairs past the reflection point (off for the no-flip ablation).
+    """
+    human = np.asarray(human_labelled, dtype=bool)
+    n = analysis.n
+    if human.shape != (n,):
+        raise ValueError(f"human_labelled has shape {human.shape}, the curve has {n} pairs")
+    if not 0 <= backoff < 1:
+        raise ValueError(f"backoff must be in [0, 1), got {backoff}")
+    if annotation_size < 0:
+        raise ValueError(f"annotation_size must be >= 0, got {annotation_size}")
+
+    order = analysis.order
+    reflection = analysis.reflection_index
+    human_by_rank = human[order]
+
+    flip_ranks = np.flatnonzero(~human_by_rank[reflection:]) + reflection if flip else np.empty(0, np.int64)
+
+    left = np.arange(reflection - 1, -1, -1)  # from the reflection point leftwards
+    right = np.arange(reflection, n)  # the flipped tail, only as a last resort
+    candidates = np.concatenate([left, right]).astype(np.int64)
+    candidates = candidates[~human_by_rank[candidates]]
+    annotate_ranks = candidates[:annotation_size]
+
+    human_after = human_by_rank.copy()
+    human_after[annotate_ranks] = True
+    cutoff = int(np.floor((1.0 - backoff) * analysis.knee_index))
+    repeats = max(1, int(round(amplification)))
+    machine_ranks = np.flatnonzero(~human_after[:cutoff])
+    human_ranks = np.flatnonzero(human_after)
+    train_ranks = np.concatenate([machine_ranks, np.repeat(human_ranks, repeats)])
+
+    return Selection(flip=order[flip_ranks], annotate=order[annotate_ranks], train=order[np.sort(train_ranks)],
+                     train_cutoff_rank=cutoff, repeats=repeats)

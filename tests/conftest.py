@@ -30,3 +30,10 @@ def hh_rlhf_path() -> Path:
     if not HH_RLHF.exists():
         pytest.fail(f"the HH-RLHF data is missing at {HH_RLHF} (set RLTHF_HH_RLHF)")
     return HH_RLHF
+
+
+@pytest.fixture(scope="session")
+def embedding_cache(tmp_path_factory) -> Path:
+    """One embedding cache for the session (RLTHF_TEST_CACHE reuses one across sessions when developing)."""
+    shared = os.environ.get("RLTHF_TEST_CACHE")
+    return Path(shared) if shared else tmp_path_factory.mktemp("embedding-cache")

@@ -1,0 +1,117 @@
+"""The whole loop on real HH-RLHF pairs with the real MiniLM backbone and a local Ray: end to end, rerun,
+a real SIGKILL mid-iteration and its resumption, the file-queue round trip, and a refused config change."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from rlthf.annotators import AnnotationPending, SimulatedHuman, import_answers, read_answers
+from rlthf.config import ConfigError, load_config
+from rlthf.loop import run
+from tests.conftest import REPO
+
+ITERATIONS = 3
+
+
+@pytest.fixture
+def small_config(hh_rlhf_path, embedding_cache):
+    """configs/demo.yaml on the first 500 valid pairs (shard of 100, 4 human labels per iteration)."""
+    def make(output_dir, *extra):
+        return load_config(REPO / "configs/demo.yaml", [
+            f"output_dir={output_dir}", f"data.path={hh_rlhf_path}", "data.max_pairs=500",
+            f"reward.cache_dir={embedding_cache}", f"selection.iterations={ITERATIONS}", *extra])
+    return make
+
+
+def quiet(_):
+    pass
+
+
+def test_demo_loop_end_to_end(ray_local, small_config, tmp_path):
+    result = run(small_config(tmp_path / "run"), echo=quiet)
+    rows = result.metrics
+    assert [r["iteration"] for r in rows] == list(range(ITERATIONS + 1))
+    assert [r["human_labels"] for r in rows] == [0, 4, 8, 12]
+    assert rows[0]["label_acc"] == pytest.approx(0.75, abs=0.01)  # the simulated labeler's calibrated accuracy
+    assert rows[-1]["label_acc"] > rows[0]["label_acc"]
+    for r in rows:
+        lo, hi = r["test_acc_ci"]
+        assert lo < r["test_acc"] < hi and r["test_pairs"] > 50
+    curated = pd.read_parquet(result.curated_path)
+    assert list(curated.columns[:3]) == ["prompt", "chosen", "rejected"]
+    assert curated["id"].is_unique and len(curated) == result.summary["curated_pairs"]
+    assert (curated["label_source"] == "human").sum() == 12
+    pairs = pd.read_parquet(tmp_path / "run/data/pairs.parquet")
+    assert not set(curated["id"]) & set(pairs.loc[pairs["split"] == "test", "id"])  # the test set never leaks
+    lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == list(range(ITERATIONS + 1))
+    for k in range(1, ITERATIONS + 1):
+        assert (tmp_path / f"run/iterations/iter_{k}/curve.png").stat().st_size > 10_000
+    assert (tmp_path / "run/accuracy.png").exists()
+
+    # A rerun of a finished run recomputes nothing and asks nobody anything.
+    human = SimulatedHuman(tmp_path / "run", dict(zip(pairs["id"], pairs["truth"])))
+    again = run(small_config(tmp_path / "run"), annotator=human, echo=quiet)
+    assert human.questions_asked == 0 and again.metrics == rows
+
+
+def test_killed_run_resumes_with_the_same_final_labels(ray_local, small_config, tmp_path):
+    reference = run(small_config(tmp_path / "reference"), echo=quiet)
+
+    address = ray_local.get_runtime_context().gcs_address
+    config = small_config(tmp_path / "killed", f"ray.address={address}")
+    config_path = tmp_path / "killed.yaml"
+    config_path.write_text(yaml.safe_dump(config.to_dict()))
+    steps = tmp_path / "killed/steps.json"
+    proc = subprocess.Popen([sys.executable, "-m", "rlthf.cli", "run", "--config", str(config_path)], cwd=REPO,
+                            env={**os.environ, "RLTHF_PROGRESS": "0"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if steps.exists() and "iter_2/annotate" in steps.read_text():
+            break
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no cleanup, no finally blocks
+    _, stderr = proc.communicate()
+    assert proc.returncode == -9, stderr.decode()[-2000:]
+    finished = json.loads(steps.read_text())
+    assert "iter_2/annotate" in finished and "final/curate" not in finished
+
+    resumed = run(load_config(config_path), echo=quiet)
+    pd.testing.assert_frame_equal(pd.read_parquet(resumed.curated_path), pd.read_parquet(reference.curated_path))
+    assert resumed.metrics[-1]["label_acc"] == reference.metrics[-1]["label_acc"]
+    for k in range(1, ITERATIONS + 1):
+        answers = [json.loads(line)["id"] for line in
+                   (tmp_path / f"killed/annotations/iter_{k}/answers.jsonl").read_text().splitlines()]
+        assert len(answers) == len(set(answers)) == 4  # nobody was asked twice
+        assert read_answers(tmp_path / "killed", k) == read_answers(tmp_path / "reference", k)
+
+
+def test_file_queue_stops_for_people_and_resumes_with_their_answers(ray_local, small_config, tmp_path):
+    config = small_config(tmp_path / "run", "annotation.annotator=file_queue", "selection.iterations=1")
+    with pytest.raises(AnnotationPending) as pending:
+        run(config, echo=quiet)
+    request = pd.read_json(pending.value.request_path, lines=True)
+    assert list(request.columns) == ["id", "prompt", "response_a", "response_b"] and len(request) == 4
+    truth = pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")["truth"]
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"id": i, "label": truth[i].upper()}) + "\n" for i in request["id"]))
+    assert import_answers(tmp_path / "run", answers) == (1, 4)
+
+    result = run(config, echo=quiet)
+    labels = pd.read_parquet(tmp_path / "run/iterations/iter_1/labels.parquet").set_index("id")
+    human = labels[labels["label_source"] == "human"]
+    assert sorted(human.index) == sorted(request["id"])
+    assert (human["label"] == truth[human.index]).all()
+    assert result.metrics[-1]["human_labels"] == 4
+
+
+def test_resuming_with_other_settings_is_refused(ray_local, small_config, tmp_path):
+    run(small_config(tmp_path / "run", "selection.iterations=0"), echo=quiet)
+    with pytest.raises(ConfigError, match=r"^selection.annotation_fraction: this run directory"):
+        run(small_config(tmp_path / "run", "selection.annotation_fraction=0.1"), echo=quiet)

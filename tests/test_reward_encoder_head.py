@@ -1,0 +1,71 @@
+"""The encoder_head reward backend: the real MiniLM on a Ray Data actor pool, the disk cache, the head."""
+import numpy as np
+import pytest
+
+from rlthf.config import RewardConfig
+from rlthf.reward.common import read_meta
+from rlthf.reward.embeddings import Embedder, EmbeddingCache, embed_missing, text_hash
+from rlthf.reward.encoder_head import EncoderHeadReward, HeadScorer
+from tests.conftest import MINILM
+from tests.test_reward_lora import synthetic_pairs
+
+
+def test_embedder_gives_unit_vectors_and_truncates_from_the_left():
+    embed = Embedder(MINILM, max_length=32)
+    long_prompt = "Human: " + "tell me about the weather " * 40 + "\n\nAssistant:"
+    texts = np.array(["hello there", long_prompt + " Sure.", "hello there"], dtype=object)
+    out = embed({"text_hash": np.array(["x", "y", "z"]), "text": texts})
+    assert out["embedding"].shape == (3, 384) and out["embedding"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], atol=1e-6)
+    ids = embed.tokenizer(long_prompt + " Sure.", truncation=True, max_length=32)["input_ids"]
+    assert embed.tokenizer.decode(ids[-4:-1]) == ": sure."  # the response survives the cut
+
+
+def test_cache_embeds_each_text_once_and_persists(ray_local, tmp_path):
+    cache = EmbeddingCache(tmp_path, MINILM, 64)
+    texts = {text_hash(t): t for t in ["one", "two", "three"]}
+    assert embed_missing(cache, texts, batch_size=2, concurrency=1, cpus_per_actor=1) == 3
+    assert embed_missing(cache, texts, batch_size=2, concurrency=1, cpus_per_actor=1) == 0
+    reopened = EmbeddingCache(tmp_path, MINILM, 64)
+    assert len(reopened) == 3
+    np.testing.assert_array_equal(reopened.get(texts), cache.get(texts))
+    assert len(EmbeddingCache(tmp_path, MINILM, 128)) == 0  # another max_length is another cache
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, hh_rlhf_path, tmp_path_factory):
+    config = RewardConfig(max_length=64, epochs=40, learning_rate=0.01, batch_size=16)
+    backend = EncoderHeadReward(config, tmp_path_factory.mktemp("cache"))
+    train = synthetic_pairs(hh_rlhf_path, 80, seed=3)
+    checkpoint = backend.train(ray_local.data.from_pandas(train), tmp_path_factory.mktemp("ckpt"), seed=0)
+    return backend, checkpoint
+
+
+def test_head_learns_a_learnable_preference_and_keeps_the_best_epoch(ray_local, hh_rlhf_path, trained):
+    backend, checkpoint = trained
+    meta = read_meta(checkpoint)
+    history = [h["val_loss"] for h in meta["history"]]
+    assert meta["backend"] == "encoder_head" and meta["best_epoch"] == int(np.argmin(history))
+    assert meta["best_val_loss"] == min(history)
+    held_out = synthetic_pairs(hh_rlhf_path, 40, skip=400, seed=4)
+    scores = backend.score(ray_local.data.from_pandas(held_out), checkpoint).to_pandas()
+    assert sorted(scores["id"]) == sorted(held_out["id"])
+    scores = scores.set_index("id").loc[held_out["id"]]
+    margin = np.where(held_out["label"] == "a", 1, -1) * (scores["reward_a"] - scores["reward_b"]).to_numpy()
+    assert (margin > 0).mean() >= 0.9
+
+
+def test_head_scorer_on_a_plain_batch_matches_ray(ray_local, hh_rlhf_path, trained):
+    backend, checkpoint = trained
+    pairs = synthetic_pairs(hh_rlhf_path, 5, skip=600, seed=5)
+    emb_a, emb_b = backend.embeddings(pairs)
+    plain = HeadScorer(str(checkpoint))({"id": pairs["id"].to_numpy(), "emb_a": emb_a, "emb_b": emb_b})
+    via_ray = backend.score(ray_local.data.from_pandas(pairs), checkpoint).to_pandas().set_index("id")
+    np.testing.assert_allclose(plain["reward_a"], via_ray.loc[pairs["id"], "reward_a"].to_numpy(dtype=float))
+
+
+def test_bad_training_label_names_the_value(ray_local, hh_rlhf_path, tmp_path):
+    pairs = synthetic_pairs(hh_rlhf_path, 6, seed=6).assign(label="chosen")
+    with pytest.raises(ValueError, match="'chosen'"):
+        EncoderHeadReward(RewardConfig(max_length=64), tmp_path).train(pairs, tmp_path / "ckpt", seed=0)

@@ -1,5 +1,30 @@
-"""RLTHF: Reinforcement Learning from Targeted Human Feedback, on Ray."""
-from rlthf.config import RLTHFConfig, load_config
+"""RLTHF: Reinforcement Learning from Targeted Human Feedback, on Ray.
 
-__all__ = ["RLTHFConfig", "load_config"]
+The public API, imported lazily so that ``import rlthf.analysis`` stays numpy-only:
+
+- ``load_config``, ``RLTHFConfig``: the typed config.
+- ``load_pairs``: preference pairs as a ``ray.data.Dataset``.
+- ``analyze_curve``, ``select_pairs``: the pure algorithm.
+- ``run``: the whole resumable loop.
+"""
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "RLTHFConfig": "rlthf.config",
+    "load_config": "rlthf.config",
+    "load_pairs": "rlthf.data",
+    "read_pairs": "rlthf.data",
+    "analyze_curve": "rlthf.analysis",
+    "CurveAnalysis": "rlthf.analysis",
+    "select_pairs": "rlthf.selection",
+    "run": "rlthf.loop",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rlthf' has no attribute {name!r}")

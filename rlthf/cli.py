@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rlthf.annotators import AnnotationPending, InvalidAnswer
-    from rlthf.config import ConfigError, load_config
-    from rlthf.data import InvalidRecord
+    from rlthf.annotators import AnnotationPending
+    from rlthf.config import load_config
 
     try:
         if args.command == "run":
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except AnnotationPending as pending:
         print(str(pending), file=sys.stderr)
         return EXIT_ANNOTATION_PENDING
-    except (ConfigError, InvalidRecord, InvalidAnswer, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError) as err:  # ConfigError, InvalidRecord, InvalidAnswer among them
         print(f"rlthf: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0

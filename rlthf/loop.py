@@ -32,7 +32,7 @@ import yaml
 from rlthf.analysis import analyze_curve
 from rlthf.annotators import Annotator, FileQueueAnnotator, SimulatedHuman
 from rlthf.config import ConfigError, RayConfig, RewardConfig, RLTHFConfig
-from rlthf.data import choose_shard, load_pairs, split_test
+from rlthf.data import choose_shard, read_pairs, split_test
 from rlthf.plots import plot_accuracy, plot_curve
 from rlthf.metrics import format_table, label_accuracy, preference_accuracy, rm_labels, wilson_interval
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, atomic_write_text
@@ -101,7 +101,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def _check_resume_config(rd: RunDir, config: RLTHFConfig) -> None:
     saved_path = rd.root / "config.yaml"
     current = config.to_dict()
-    if saved_path.exists():
+    if saved_path.exists() and rd.steps:  # before any finished step, a corrected config is welcome
         saved = _flatten(yaml.safe_load(saved_path.read_text()))
         for key, value in _flatten(current).items():
             if saved.get(key) != value and not key.startswith(RESUMABLE_CHANGES):
@@ -124,11 +124,10 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
     """Run (or resume) RLTHF as the config says; returns the metrics rows and the curated dataset's path."""
     rd = RunDir(config.output_dir)
     _check_resume_config(rd, config)
-    init_ray(config.ray)
     cache_dir = config.reward.cache_dir or str(rd.root / "cache")
+    pairs = prepare(rd, config, cache_dir)  # bad data fails here, before Ray starts
+    init_ray(config.ray)
     backend = make_reward_backend(config.reward, cache_dir)
-
-    pairs = prepare(rd, config, cache_dir)
     shard = pairs[pairs["in_shard"]].reset_index(drop=True)
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
     n_corpus = int((pairs["split"] == "train").sum())
@@ -141,6 +140,7 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
     checkpoint = train_step(rd, 0, config, backend, shard.assign(label=labels["label"].to_numpy()))
     scores = score_step(rd, 0, backend, checkpoint, shard, test)
     rows = [metrics_step(rd, 0, shard, test, labels, scores, n_corpus)]
+    atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
     echo(format_table(rows))
 
     for k in range(1, config.selection.iterations + 1):
@@ -153,9 +153,8 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
         atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
         echo(format_table(rows[-1:]).splitlines()[-1])
 
-    atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
     plot_accuracy(rows, rd.path("accuracy.png"))
-    curated_path, summary = curate_step(rd, config, backend, checkpoint, pairs, shard, labels, rows)
+    curated_path, summary = curate_step(rd, backend, checkpoint, pairs, labels, rows)
     atomic_write_text(rd.path("table.md"), format_table(rows) + "\n")
     echo("\n" + format_table(rows))
     echo(f"\ncurated {summary['curated_pairs']} pairs -> {curated_path} (label accuracy vs ground truth "
@@ -179,9 +178,13 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         return pd.read_parquet(path)
     with _Timer() as t:
         d = config.data
-        dataset = load_pairs(d.path, format=d.format, seed=config.seed, on_invalid=d.on_invalid,
-                             max_pairs=d.max_pairs, hf_split=d.hf_split, rejected_path=rd.path("data", "rejected.jsonl"))
-        pairs = dataset.to_pandas().sort_values("id", kind="stable").reset_index(drop=True)
+        pairs, rejected = read_pairs(d.path, format=d.format, seed=config.seed, on_invalid=d.on_invalid,
+                                     max_pairs=d.max_pairs, hf_split=d.hf_split)
+        atomic_write_jsonl(rd.path("data", "rejected.jsonl"), [r.to_dict() for r in rejected])
+        if rejected:
+            log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
+                        len(rejected), rd.path("data", "rejected.jsonl"), rejected[0])
+        pairs = pairs.sort_values("id", kind="stable").reset_index(drop=True)
         ids = pairs["id"].to_numpy()
         is_test = split_test(ids, d.test_fraction, config.seed)
         pairs["split"] = np.where(is_test, "test", "train")
@@ -191,6 +194,7 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         flipped_fraction = 0.0
         if d.ground_truth == "paper_flipped":
             _require_human_labels(pairs, "data.ground_truth=paper_flipped")
+            init_ray(config.ray)
             sim = simulation_reward_config(d.ground_truth_model)
             from rlthf.reward.encoder_head import EncoderHeadReward
 
@@ -201,9 +205,8 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         else:
             pairs["truth"] = pairs["human_label"]
         atomic_write_parquet(path, pairs)
-    rejected = sum(1 for _ in open(rd.path("data", "rejected.jsonl"))) if rd.path("data", "rejected.jsonl").exists() else 0
     rd.mark_done("prepare", seconds=t.seconds, pairs=len(pairs), test=int(is_test.sum()), shard=int(in_shard.sum()),
-                 rejected=rejected, truth_flipped_fraction=flipped_fraction)
+                 rejected=len(rejected), truth_flipped_fraction=flipped_fraction)
     if flipped_fraction:
         log.warning("ground truth: %.1f%% of the human labels flipped (paper appendix C.1.2)", 100 * flipped_fraction)
     return pairs
@@ -382,8 +385,8 @@ def metrics_step(rd: RunDir, k: int, shard: pd.DataFrame, test: pd.DataFrame, la
     return row
 
 
-def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pairs: pd.DataFrame,
-                shard: pd.DataFrame, labels: pd.DataFrame, rows: list[dict]) -> tuple[Path, dict]:
+def curate_step(rd: RunDir, backend, checkpoint: Path, pairs: pd.DataFrame, labels: pd.DataFrame,
+                rows: list[dict]) -> tuple[Path, dict]:
     """The last reward model labels the whole corpus; human labels are kept. Writes curated.parquet."""
     path = rd.path("curated.parquet")
     summary_path = rd.path("summary.json")

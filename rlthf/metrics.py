@@ -39,6 +39,7 @@ TABLE_COLUMNS = [
     ("human_labels", "human", "{:d}"),
     ("human_pct_shard", "%shard", "{:.1f}"),
     ("human_pct_corpus", "%corpus", "{:.2f}"),
+    ("batch_was_wrong", "wrong/asked", None),
     ("flips_right", "flips ok/all", None),
     ("label_acc", "label acc", "{:.1%}"),
     ("rm_label_acc", "rm-label acc", "{:.1%}"),
@@ -49,9 +50,14 @@ TABLE_COLUMNS = [
 ]
 
 
+# "a/b" cells: human answers that corrected a wrong working label / answers; flips that were right / flips
+RATIO_CELLS = {"batch_was_wrong": ("batch_was_wrong", "asked"), "flips_right": ("flips_right", "flips")}
+
+
 def _cell(row: dict, key: str, fmt: str | None) -> str:
-    if key == "flips_right":
-        return f"{row.get('flips_right', 0)}/{row.get('flips', 0)}"
+    if key in RATIO_CELLS:
+        numerator, denominator = RATIO_CELLS[key]
+        return f"{row.get(numerator, 0)}/{row.get(denominator, 0)}"
     if key == "test_acc":
         lo, hi = row["test_acc_ci"]
         return f"{row['test_acc']:.1%} [{lo:.1%}, {hi:.1%}]"

@@ -34,7 +34,9 @@ def error_probabilities(hardness: np.ndarray, error_rate: float, sharpness: floa
     z = (hardness - hardness.mean()) / std if std > 0 else np.zeros_like(hardness)
     if error_rate <= 0:
         return np.zeros_like(z)
-    low, high = -50.0, 50.0
+    # the bias that hits error_rate lies within +-(sharpness * max|z| + 50): beyond, every sigmoid saturates
+    low = -(sharpness * np.abs(z).max() + 50.0)
+    high = -low
     for _ in range(200):  # mean(sigmoid(...)) rises with bias: bisection converges
         bias = (low + high) / 2
         p = 1 / (1 + np.exp(-(sharpness * z + bias)))

@@ -35,6 +35,15 @@ def train_head(emb_chosen: np.ndarray, emb_rejected: np.ndarray, val_mask: np.nd
     """
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # matrices this small gain nothing from threads, and lose much under contention
+    try:
+        return _train_head(torch, emb_chosen, emb_rejected, val_mask, config, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(torch, emb_chosen, emb_rejected, val_mask, config: RewardConfig, seed: int) -> tuple[dict, dict]:
     from rlthf.reward.common import bradley_terry_loss
 
     torch.manual_seed(seed)

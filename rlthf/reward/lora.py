@@ -243,7 +243,7 @@ def _train_epoch(model, engine, optimizer, scheduler, tokenizer, batches, config
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        total += float(loss)
+        total += loss.item()
         steps += 1
     stats = torch.tensor([total, float(steps)], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():

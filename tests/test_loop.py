@@ -36,7 +36,9 @@ def test_demo_loop_end_to_end(ray_local, small_config, tmp_path):
     result = run(small_config(tmp_path / "run"), echo=quiet)
     rows = result.metrics
     assert [r["iteration"] for r in rows] == list(range(ITERATIONS + 1))
-    assert [r["human_labels"] for r in rows] == [0, 4, 8, 12]
+    # 5 eyes-off validation labels after iteration 0, then 4% of the 100-pair shard per iteration
+    assert [r["human_labels"] for r in rows] == [5, 9, 13, 17]
+    assert rows[0]["eyes_off_agreement"] == 1.0  # the upper left of the curve holds right AI labels
     assert rows[0]["label_acc"] == pytest.approx(0.75, abs=0.01)  # the simulated labeler's calibrated accuracy
     assert rows[-1]["label_acc"] > rows[0]["label_acc"]
     for r in rows:
@@ -45,7 +47,7 @@ def test_demo_loop_end_to_end(ray_local, small_config, tmp_path):
     curated = pd.read_parquet(result.curated_path)
     assert list(curated.columns[:3]) == ["prompt", "chosen", "rejected"]
     assert curated["id"].is_unique and len(curated) == result.summary["curated_pairs"]
-    assert (curated["label_source"] == "human").sum() == 12
+    assert (curated["label_source"] == "human").sum() == 17
     pairs = pd.read_parquet(tmp_path / "run/data/pairs.parquet")
     assert not set(curated["id"]) & set(pairs.loc[pairs["split"] == "test", "id"])  # the test set never leaks
     lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
@@ -94,21 +96,26 @@ def test_killed_run_resumes_with_the_same_final_labels(ray_local, small_config, 
 
 def test_file_queue_stops_for_people_and_resumes_with_their_answers(ray_local, small_config, tmp_path):
     config = small_config(tmp_path / "run", "annotation.annotator=file_queue", "selection.iterations=1")
-    with pytest.raises(AnnotationPending) as pending:
-        run(config, echo=quiet)
-    request = pd.read_json(pending.value.request_path, lines=True)
-    assert list(request.columns) == ["id", "prompt", "response_a", "response_b"] and len(request) == 4
-    truth = pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")["truth"]
-    answers = tmp_path / "answers.jsonl"
-    answers.write_text("".join(json.dumps({"id": i, "label": truth[i].upper()}) + "\n" for i in request["id"]))
-    assert import_answers(tmp_path / "run", answers) == (1, 4)
+    truth = None
+    requested = []
+    for iteration, size in ((0, 5), (1, 4)):  # the eyes-off validation, then iteration 1's batch
+        with pytest.raises(AnnotationPending) as pending:
+            run(config, echo=quiet)
+        assert pending.value.iteration == iteration
+        request = pd.read_json(pending.value.request_path, lines=True)
+        assert list(request.columns) == ["id", "prompt", "response_a", "response_b"] and len(request) == size
+        truth = pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")["truth"]
+        answers = tmp_path / f"answers_{iteration}.jsonl"
+        answers.write_text("".join(json.dumps({"id": i, "label": truth[i].upper()}) + "\n" for i in request["id"]))
+        assert import_answers(tmp_path / "run", answers) == (iteration, size)
+        requested += request["id"].tolist()
 
     result = run(config, echo=quiet)
     labels = pd.read_parquet(tmp_path / "run/iterations/iter_1/labels.parquet").set_index("id")
     human = labels[labels["label_source"] == "human"]
-    assert sorted(human.index) == sorted(request["id"])
+    assert sorted(human.index) == sorted(requested)
     assert (human["label"] == truth[human.index]).all()
-    assert result.metrics[-1]["human_labels"] == 4
+    assert result.metrics[-1]["human_labels"] == 9
 
 
 def test_resuming_with_other_settings_is_refused(ray_local, small_config, tmp_path):

@@ -148,7 +148,9 @@ def aggregate_verdicts(pair_ids: list[str], verdicts: pd.DataFrame) -> pd.DataFr
         else:
             row["label"], row["confidence"] = None, "failed"
         rows.append(row)
-    return pd.DataFrame(rows)
+    labels = pd.DataFrame(rows)
+    labels["label"] = labels["label"].astype(object).where(labels["label"].notna(), None)
+    return labels
 
 
 def judge_report(pairs: pd.DataFrame, labels: pd.DataFrame, verdicts: pd.DataFrame, config: JudgeConfig, *,

@@ -160,6 +160,9 @@ class AnnotationConfig:
 
 @dataclass
 class SelectionConfig:
+    selector: Literal["rlthf", "random"] = _help(
+        "rlthf", "rlthf: the curve-guided selection; random: the paper's Random baseline (random human labels on "
+        "top of the AI labels, no flips, no amplification, no back-off) at the same budget.")
     iterations: int = _help(5, "Annotation iterations after iteration 0.")
     annotation_fraction: float = _help(0.04, "Pairs sent to humans per iteration, as a fraction of the shard.")
     amplification: list[float] = _help([4.0], "alpha per iteration 1, 2, ...; the last value repeats.")

@@ -36,7 +36,7 @@ from rlthf.data import choose_shard, read_pairs, split_test
 from rlthf.plots import plot_accuracy, plot_curve
 from rlthf.metrics import format_table, label_accuracy, preference_accuracy, rm_labels, wilson_interval
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, atomic_write_text
-from rlthf.selection import annotation_batch_size, schedule_value, select_pairs
+from rlthf.selection import annotation_batch_size, schedule_value, select_pairs, select_random
 from rlthf.simulation import flip_labels, hardness_scores, label_sign, paper_flipped_truth, simulate_ai_labels
 
 log = logging.getLogger("rlthf")
@@ -102,7 +102,8 @@ def _check_resume_config(rd: RunDir, config: RLTHFConfig) -> None:
     saved_path = rd.root / "config.yaml"
     current = config.to_dict()
     if saved_path.exists() and rd.steps:  # before any finished step, a corrected config is welcome
-        saved = _flatten(yaml.safe_load(saved_path.read_text()))
+        # a key the saved config lacks (added by a later rlthf) counts as its default
+        saved = _flatten(RLTHFConfig().to_dict()) | _flatten(yaml.safe_load(saved_path.read_text()))
         for key, value in _flatten(current).items():
             if saved.get(key) != value and not key.startswith(RESUMABLE_CHANGES):
                 raise ConfigError(f"{key}: this run directory ({rd.root}) was started with {saved.get(key)!r}, the "
@@ -230,7 +231,7 @@ def initial_labels(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame, cache_d
         labels = pd.DataFrame({"id": shard["id"], "label": judged["label"].to_numpy(), "label_source": "ai",
                                "ai_label": judged["label"].to_numpy(), "initial_source": "ai", "human_iteration": -1})
         atomic_write_parquet(path, labels)
-        rd.mark_done("iter_0/labels", seconds=rd.info("judge")["seconds"],
+        rd.mark_done("iter_0/labels", seconds=rd.info("judge")["step_seconds"],
                      ai_accuracy=label_accuracy(labels["label"].dropna(), shard["truth"][labels["label"].notna()]))
         return labels
     with _Timer() as t:
@@ -266,7 +267,7 @@ def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataF
                                          rd.path("judge", "verdicts.jsonl"))
             atomic_write_parquet(path, labels)
             atomic_write_json(rd.path("judge", "report.json"), report)
-        rd.mark_done("judge", seconds=t.seconds, **{k: v for k, v in report.items() if not isinstance(v, dict)})
+        rd.mark_done("judge", **{k: v for k, v in report.items() if not isinstance(v, dict)}, step_seconds=t.seconds)
     return pd.read_parquet(path)
 
 
@@ -380,8 +381,12 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
                                  min_points=s.min_points, ids=shard["id"].to_numpy())
         alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
         human = (labels["label_source"] == "human").to_numpy()
-        selection = select_pairs(analysis, human, annotation_size=annotation_batch_size(len(shard), s.annotation_fraction),
-                                 amplification=alpha, backoff=beta, flip=s.flip)
+        batch = annotation_batch_size(len(shard), s.annotation_fraction)
+        if s.selector == "random":
+            selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k)
+        else:
+            selection = select_pairs(analysis, human, annotation_size=batch, amplification=alpha, backoff=beta,
+                                     flip=s.flip)
         record = {"analysis": analysis.summary(), "amplification": alpha, "backoff": beta, **selection.summary(),
                   "flip": selection.flip.tolist(), "annotate": selection.annotate.tolist(),
                   "train": selection.train.tolist(), "ids": {"flip": shard["id"].to_numpy()[selection.flip].tolist(),

@@ -110,3 +110,18 @@ def select_pairs(
 
     return Selection(flip=order[flip_ranks], annotate=order[annotate_ranks], train=order[np.sort(train_ranks)],
                      train_cutoff_rank=cutoff, repeats=repeats)
+
+
+def select_random(n: int, human_labelled, *, annotation_size: int, seed: int) -> Selection:
+    """The paper's *Random* baseline (appendix C.3): the same number of human labels, drawn uniformly from the
+    pairs no human has labelled, on top of the AI labels; no flips, no amplification, no back-off (every pair
+    trains once)."""
+    human = np.asarray(human_labelled, dtype=bool)
+    if human.shape != (n,):
+        raise ValueError(f"human_labelled has shape {human.shape}, expected ({n},)")
+    candidates = np.flatnonzero(~human)
+    annotate = np.random.default_rng(seed).choice(candidates, size=min(annotation_size, len(candidates)),
+                                                  replace=False)
+    return Selection(flip=np.empty(0, np.int64), annotate=np.sort(annotate), train=np.arange(n),
+                     train_cutoff_rank=n, repeats=1)
+

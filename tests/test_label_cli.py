@@ -1,0 +1,49 @@
+"""`rlthf label` end to end through the openai backend against a real llama.cpp server on loopback."""
+import json
+
+import pandas as pd
+import yaml
+
+from rlthf.cli import main
+from tests.conftest import TEST_API_KEY_ENV
+from tests.judge_servers import MODEL_ALIAS, llama_server  # noqa: F401  (a fixture)
+
+
+def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, llama_server, hh_rlhf_path,  # noqa: F811
+                                                                     tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    config = {
+        "output_dir": str(run_dir),
+        "data": {"path": str(hh_rlhf_path), "max_pairs": 24, "shard_fraction": 0.25, "test_fraction": 0.2},
+        "ai_labels": {"source": "judge"},
+        "judge": {"backend": "openai", "model": MODEL_ALIAS, "base_url": llama_server, "api_key_env": TEST_API_KEY_ENV,
+                  "both_orders": True, "max_new_tokens": 48, "max_prompt_chars": 1500, "concurrency": 2,
+                  "timeout_s": 120, "max_retries": 1, "batch_size": 4, "prompt_price_per_1m": 2.5},
+    }
+    path = tmp_path / "judge.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    assert main(["label", "--config", str(path)]) == 0
+    report = json.loads((run_dir / "judge/report.json").read_text())
+    shard = pd.read_parquet(run_dir / "data/pairs.parquet").query("in_shard")
+    assert report["pairs"] == len(shard) and report["requests"] == 2 * len(shard) == report["asked"]
+    assert report["prompt_tokens"] > 0 and report["cost"] == report["prompt_tokens"] * 2.5 / 1e6
+    labels = pd.read_parquet(run_dir / "judge/labels.parquet")
+    assert sorted(labels["id"]) == sorted(shard["id"])
+    assert set(labels["confidence"]) <= {"consistent", "inconsistent", "single", "failed"}
+    verdicts = [json.loads(line) for line in (run_dir / "judge/verdicts.jsonl").read_text().splitlines()]
+    assert sorted(v["key"] for v in verdicts) == sorted(f"{i}|{o}" for i in shard["id"] for o in ("ab", "ba"))
+    assert all(v["raw"] for v in verdicts if not v["retryable"])  # raw answers are kept, parseable or not
+    assert "judge" in capsys.readouterr().out
+
+    # A rerun pays for nothing: every verdict comes from the cache.
+    (run_dir / "steps.json").write_text(json.dumps({k: v for k, v in json.loads(
+        (run_dir / "steps.json").read_text()).items() if k != "judge"}))
+    assert main(["label", "--config", str(path)]) == 0
+    again = json.loads((run_dir / "judge/report.json").read_text())
+    assert again["asked"] == 0 and again["from_cache"] == report["requests"]
+
+    key = __import__("os").environ[TEST_API_KEY_ENV]
+    for file in run_dir.rglob("*"):
+        if file.is_file():
+            assert key.encode() not in file.read_bytes(), file

@@ -34,7 +34,8 @@ def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, l
     verdicts = [json.loads(line) for line in (run_dir / "judge/verdicts.jsonl").read_text().splitlines()]
     assert sorted(v["key"] for v in verdicts) == sorted(f"{i}|{o}" for i in shard["id"] for o in ("ab", "ba"))
     assert all(v["raw"] for v in verdicts if not v["retryable"])  # raw answers are kept, parseable or not
-    assert "judge" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):printed.rindex("}") + 1]) == report  # the report is printed
 
     # A rerun pays for nothing: every verdict comes from the cache.
     (run_dir / "steps.json").write_text(json.dumps({k: v for k, v in json.loads(

@@ -1,9 +1,11 @@
 """The RLTHF driver: one linear loop, every step saved in the run directory so that a rerun resumes.
 
     prepare          load, split off the test set, draw the shard, fix the ground truth
-    iter_0/labels    initial AI labels on the shard (paper 3.1)
+    judge            an LLM judge labels the shard, when ai_labels.source is judge (3.1)
+    iter_0/labels    initial AI labels on the shard (the judge's, or the simulated labeler's)
     iter_0/train     reward model 0 on all AI labels (3.2.3)
     iter_0/score     rewards on the shard and the test set
+    iter_0/validate  pairs the AI left unlabelled take model 0's label; eyes-off validation (3.2.3)
     for k = 1..K:
       iter_k/select    curve of model k-1 under the working labels: elbow, knee, reflection; flips, batch (3.2.4)
       iter_k/annotate  humans label the batch; flips and answers give the working labels of iteration k

@@ -22,11 +22,11 @@ from rlthf.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {
-    "AI-only": ["selection.iterations=0", "annotation.eyes_off_min=0"],
+    "AI-only": ["selection.iterations=0", "annotation.eyes_off_min=0", "annotation.eyes_off_fraction=0"],
     "Random": ["selection.selector=random"],
     "RLTHF": [],
     "Human": ["selection.selector=random", "selection.iterations=1", "selection.annotation_fraction=1.0",
-              "annotation.eyes_off_min=0"],
+              "annotation.eyes_off_min=0", "annotation.eyes_off_fraction=0"],
 }
 
 

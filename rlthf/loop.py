@@ -302,14 +302,15 @@ def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: 
         new.loc[gaps, "ai_label"] = filled
         new.loc[gaps, "label_source"] = "rm"
         new.loc[gaps, "initial_source"] = "rm"
-        count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), len(shard))
+        count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), int((~gaps).sum()))
         agreement = None
         if count:
             margins = label_sign(new["label"]) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
             s = config.selection
             analysis = analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
                                      min_points=s.min_points, ids=shard["id"].to_numpy())
-            head = analysis.order[:max(analysis.elbow_index, count)]  # the upper left, at least `count` pairs
+            ai_ranked = analysis.order[~gaps[analysis.order]]  # it checks the AI's labels, not model 0's
+            head = ai_ranked[:max(analysis.elbow_index, count)]  # the upper left, at least `count` pairs
             chosen = np.sort(np.random.default_rng(config.seed).choice(head, size=count, replace=False))
             answers = annotator.annotate(shard.loc[chosen, PAIR_TEXT].reset_index(drop=True), 0)
             human = np.array([answers[i] for i in shard["id"].to_numpy()[chosen]], dtype=object)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Protocol
 import pandas as pd
 
 from rlthf.data import LABELS, hash_unit
-from rlthf.rundir import RunDir, append_jsonl_durable, atomic_write_jsonl, atomic_write_text, read_jsonl
+from rlthf.rundir import RunDir, append_jsonl_durable, atomic_write_jsonl, read_jsonl
 
 REQUEST_COLUMNS = ("id", "prompt", "response_a", "response_b")
 
@@ -111,7 +111,6 @@ class SimulatedHuman:
     def annotate(self, requests: pd.DataFrame, iteration: int) -> dict[str, str]:
         ids = _write_request(self.run_dir, iteration, requests, overwrite=True)
         answers_file = answers_path(self.run_dir, iteration)
-        _drop_torn_last_line(answers_file)
         answers = read_answers(self.run_dir, iteration)  # a crashed attempt may have answered some already
         to_ask = [i for i in ids if i not in answers]
         for pid in to_ask:  # check every label before answering any, so a bad truth writes nothing
@@ -259,10 +258,3 @@ def _answer(pid: str, label: str, annotator: str) -> dict:
 
 def _other(label: str) -> str:
     return "b" if label == "a" else "a"
-
-
-def _drop_torn_last_line(path: Path) -> None:
-    """Rewrite ``path`` without a line torn by a crash mid-append; appending after it would glue the next
-    answer onto the fragment and make the file unreadable."""
-    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path)))

@@ -55,8 +55,33 @@ def append_jsonl_durable(path: str | Path, record: dict) -> None:
     """Append one JSON line and fsync it, so an answer that came back survives a crash right after."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _end_with_whole_line(path)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, default=_jsonable) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _end_with_whole_line(path: Path) -> None:
+    """Make ``path`` end with a newline before an append. A crash mid-append leaves a torn last line, and the
+    next record would be glued onto it, making the file unreadable: cut the fragment off (``read_jsonl`` never
+    loaded it), or give back the newline to a whole record that lost only that."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":  # the common case costs one byte of reading
+            return
+        fh.seek(0)
+        data = fh.read()
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            fh.truncate(start)
+        else:
+            fh.seek(0, os.SEEK_END)
+            fh.write(b"\n")
         fh.flush()
         os.fsync(fh.fileno())
 

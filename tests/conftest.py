@@ -40,3 +40,6 @@ def embedding_cache(tmp_path_factory) -> Path:
     """One embedding cache for the session (RLTHF_TEST_CACHE reuses one across sessions when developing)."""
     shared = os.environ.get("RLTHF_TEST_CACHE")
     return Path(shared) if shared else tmp_path_factory.mktemp("embedding-cache")
+
+
+from tests.judge_servers import llama_server  # noqa: E402,F401  (the llama.cpp server fixture, for every test)

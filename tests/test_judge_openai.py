@@ -20,7 +20,6 @@ from rlthf.judges.openai_backend import OpenAIJudge, cost
 from rlthf.judges.prompts import render_requests
 from tests.judge_servers import (ANSWER_B, BAD_REQUEST, DELAY, ERROR_500, ERROR_503, GARBAGE, MODEL_ALIAS, OK,
                                  RATE_LIMIT, RATE_LIMIT_1S, TRUNCATED, FaultProxy)
-from tests.judge_servers import llama_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import yaml
 
 from rlthf.cli import main
 from tests.conftest import TEST_API_KEY_ENV
-from tests.judge_servers import MODEL_ALIAS, llama_server  # noqa: F401  (a fixture)
+from tests.judge_servers import MODEL_ALIAS
 
 
-def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, llama_server, hh_rlhf_path,  # noqa: F811
+def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, llama_server, hh_rlhf_path,
                                                                      tmp_path, capsys):
     run_dir = tmp_path / "run"
     config = {

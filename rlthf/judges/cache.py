@@ -3,7 +3,7 @@
 A JSON-lines file of verdict records: the verdict columns of :mod:`rlthf.judges.base` (``retryable`` among
 them) plus ``cache_key``, ``model``, ``template_hash`` and ``time``. Each record is appended and fsynced as soon
 as it comes back, so a crash loses no answer that was paid for. A torn last line (a crash mid-append) is ignored
-on open and cut off before the next append, which would otherwise glue a new record onto it. When a key appears
+on open, and ``append_jsonl_durable`` cuts it off before the next append. When a key appears
 more than once (a failure, then the retry's success) the last record wins.
 
 What is served again:
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,6 @@ class VerdictCache:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._records: dict[str, dict] = {}
-        self._tail_checked = False
         for record in read_jsonl(self.path):
             self._records[record["cache_key"]] = record  # a later line replaces an earlier one
 
@@ -68,38 +66,11 @@ class VerdictCache:
             if record.get("error") and not isinstance(_plain(record.get("retryable")), bool):
                 # The writer must decide: serve this failure on the next run, or ask again?
                 raise ValueError(f"{record['cache_key']}: a verdict with an error needs retryable: true or false")
-        if not self._tail_checked:
-            _end_with_whole_line(self.path)
-            self._tail_checked = True
         for record in records:
             record = {key: _plain(value) for key, value in record.items()}
             record.setdefault("time", datetime.now(timezone.utc).isoformat(timespec="seconds"))
             append_jsonl_durable(self.path, record)
             self._records[record["cache_key"]] = record
-
-
-def _end_with_whole_line(path: Path) -> None:
-    """Make the file end with a newline: a torn last line (unreadable, so never loaded) is cut off; a whole
-    record that lost only its newline gets it back."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return
-    start = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[start:])
-        whole = True
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        whole = False
-    with open(path, "r+b") as fh:
-        if whole:
-            fh.seek(0, 2)
-            fh.write(b"\n")
-        else:
-            fh.truncate(start)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _plain(value: Any) -> Any:

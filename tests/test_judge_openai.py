@@ -15,8 +15,8 @@ import pytest
 
 from rlthf.config import ConfigError, JudgeConfig
 from rlthf.data import read_pairs
-from rlthf.judges.base import VERDICT_COLUMNS
-from rlthf.judges.openai_backend import OpenAIJudge, cost
+from rlthf.judges.base import VERDICT_COLUMNS, cost
+from rlthf.judges.openai_backend import OpenAIJudge
 from rlthf.judges.prompts import render_requests
 from tests.judge_servers import (ANSWER_B, BAD_REQUEST, DELAY, ERROR_500, ERROR_503, GARBAGE, MODEL_ALIAS, OK,
                                  RATE_LIMIT, RATE_LIMIT_1S, TRUNCATED, FaultProxy)

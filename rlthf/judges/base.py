@@ -61,3 +61,9 @@ def verdict_batch(requests: dict[str, np.ndarray], *, preference, raw, logprob_a
         "error": column(error, "", object),
         "retryable": column(retryable, False, bool),
     }
+
+
+def cost(prompt_tokens, completion_tokens, config) -> float:
+    """The price of the tokens at a ``JudgeConfig``'s per-million prices; counts may be numbers or columns."""
+    return float(np.sum(prompt_tokens) * config.prompt_price_per_1m
+                 + np.sum(completion_tokens) * config.completion_price_per_1m) / 1e6

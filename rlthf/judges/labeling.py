@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.config import JudgeConfig
-from rlthf.judges.base import REQUEST_COLUMNS, VERDICT_COLUMNS
+from rlthf.judges.base import REQUEST_COLUMNS, VERDICT_COLUMNS, cost
 
 log = logging.getLogger("rlthf")
 
@@ -170,8 +170,7 @@ def judge_report(pairs: pd.DataFrame, labels: pd.DataFrame, verdicts: pd.DataFra
         "completion_tokens": int(verdicts["completion_tokens"].sum()),
         "seconds": round(seconds, 2),
     }
-    report["cost"] = (report["prompt_tokens"] * config.prompt_price_per_1m
-                      + report["completion_tokens"] * config.completion_price_per_1m) / 1e6
+    report["cost"] = cost(report["prompt_tokens"], report["completion_tokens"], config)
     if "human_label" in pairs and pairs["human_label"].notna().any():
         truth = pairs.set_index("id")["human_label"].reindex(labels["id"]).to_numpy()
         known = labels["label"].notna().to_numpy() & pd.notna(truth)

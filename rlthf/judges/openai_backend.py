@@ -92,12 +92,6 @@ class OpenAIJudge:
         return text.replace(key, "<redacted>") if isinstance(key, str) and key else text
 
 
-def cost(prompt_tokens, completion_tokens, config: JudgeConfig) -> float:
-    """The price of the tokens at ``config``'s per-million prices; counts may be numbers or columns (summed)."""
-    return float(np.sum(prompt_tokens) * config.prompt_price_per_1m
-                 + np.sum(completion_tokens) * config.completion_price_per_1m) / 1e6
-
-
 def _answer(response) -> dict:
     usage = getattr(response, "usage", None)
     choices = getattr(response, "choices", None) or []

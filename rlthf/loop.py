@@ -305,10 +305,7 @@ def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: 
         count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), int((~gaps).sum()))
         agreement = None
         if count:
-            margins = label_sign(new["label"]) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
-            s = config.selection
-            analysis = analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
-                                     min_points=s.min_points, ids=shard["id"].to_numpy())
+            analysis = shard_curve(config, shard, new["label"], shard_scores)
             ai_ranked = analysis.order[~gaps[analysis.order]]  # it checks the AI's labels, not model 0's
             head = ai_ranked[:max(analysis.elbow_index, count)]  # the upper left, at least `count` pairs
             chosen = np.sort(np.random.default_rng(config.seed).choice(head, size=count, replace=False))
@@ -371,6 +368,14 @@ def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFram
     return {name: pd.read_parquet(p) for name, p in paths.items()}
 
 
+def shard_curve(config: RLTHFConfig, shard: pd.DataFrame, labels: pd.Series, shard_scores: pd.DataFrame):
+    """The reward distribution curve of the shard: each pair's margin under its working label, analysed."""
+    s = config.selection
+    margins = label_sign(labels) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
+    return analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
+                         min_points=s.min_points, ids=shard["id"].to_numpy())
+
+
 def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, labels: pd.DataFrame,
                 shard_scores: pd.DataFrame) -> dict:
     """The curve of model k-1 under the working labels, and what to flip, annotate and train on."""
@@ -379,9 +384,7 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
         return _load_selection(path)
     s = config.selection
     with _Timer() as t:
-        margins = label_sign(labels["label"]) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
-        analysis = analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
-                                 min_points=s.min_points, ids=shard["id"].to_numpy())
+        analysis = shard_curve(config, shard, labels["label"], shard_scores)
         alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
         human = (labels["label_source"] == "human").to_numpy()
         batch = annotation_batch_size(len(shard), s.annotation_fraction)

@@ -98,7 +98,7 @@ def label_pairs(pairs: pd.DataFrame, config: JudgeConfig, cache_path: str | Path
             for batch in run_judge(requests.iloc[missing].reset_index(drop=True), config):
                 records = []
                 for i in range(len(batch["key"])):
-                    record = {c: _plain(batch[c][i]) for c in VERDICT_COLUMNS}
+                    record = {c: batch[c][i] for c in VERDICT_COLUMNS}  # the cache stores plain values
                     record.update(cache_key=key_of[record["key"]], model=config.model, template_hash=template)
                     records.append(record)
                     fresh[record["cache_key"]] = record
@@ -177,7 +177,3 @@ def judge_report(pairs: pd.DataFrame, labels: pd.DataFrame, verdicts: pd.DataFra
         report["accuracy"] = float(np.mean(labels["label"].to_numpy()[known] == truth[known])) if known.any() else None
         report["accuracy_pairs"] = int(known.sum())
     return report
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value

@@ -2,13 +2,14 @@
 validation split, the learning-rate schedule and the checkpoint's description file."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rlthf.data import hash_unit
 
 CHECKPOINT_META = "rlthf_checkpoint.json"
 
@@ -26,12 +27,18 @@ def reward_text(prompt: str, response: str) -> str:
     return prompt + response
 
 
+def checked_labels(label) -> np.ndarray:
+    """A label column as a str array of 'a'/'b'; anything else is an error naming the first bad value."""
+    values = np.asarray(label, dtype=object)
+    bad = [v for v in values if v not in ("a", "b")]
+    if bad:
+        raise ValueError(f"label must be 'a' or 'b', got {bad[0]!r}")
+    return values.astype(str)
+
+
 def chosen_rejected(prompt, response_a, response_b, label):
     """Arrays of chosen and rejected texts from a/b columns and a label column of 'a'/'b'."""
-    label = np.asarray(label).astype(str)
-    if not np.isin(label, ["a", "b"]).all():
-        bad = label[~np.isin(label, ["a", "b"])][0]
-        raise ValueError(f"label must be 'a' or 'b', got {bad!r}")
+    label = checked_labels(label)
     a = np.asarray([reward_text(p, r) for p, r in zip(prompt, response_a)], dtype=object)
     b = np.asarray([reward_text(p, r) for p, r in zip(prompt, response_b)], dtype=object)
     is_a = label == "a"
@@ -43,7 +50,7 @@ def validation_mask(ids, val_fraction: float, seed: int) -> np.ndarray:
     never straddle train and validation), by a seeded hash, with at least one pair on each side."""
     ids = np.asarray(ids).astype(str)
     unique = np.unique(ids)
-    score = np.array([int(hashlib.sha256(f"{seed}:val:{i}".encode()).hexdigest()[:12], 16) for i in unique])
+    score = hash_unit(seed, "val", unique)
     n_val = min(max(1, int(round(val_fraction * len(unique)))), len(unique) - 1)
     held_out = set(unique[np.argsort(score, kind="stable")[:n_val]])
     return np.array([i in held_out for i in ids], dtype=bool)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.config import RewardConfig
-from rlthf.reward.common import read_meta, validation_mask, warmup_linear, write_meta
+from rlthf.reward.common import checked_labels, read_meta, validation_mask, warmup_linear, write_meta
 from rlthf.reward.embeddings import EmbeddingCache, pair_embeddings
 
 
@@ -139,7 +139,7 @@ class EncoderHeadReward:
         """Train on a Dataset of ``id, prompt, response_a, response_b, label``; returns the checkpoint folder."""
         df = train.to_pandas() if hasattr(train, "to_pandas") else train
         emb_a, emb_b = self.embeddings(df)
-        chosen, rejected = chosen_rejected_embeddings(emb_a, emb_b, _checked_labels(df["label"]))
+        chosen, rejected = chosen_rejected_embeddings(emb_a, emb_b, checked_labels(df["label"]))
         val = validation_mask(df["id"], self.config.val_fraction, seed)
         state, info = train_head(chosen, rejected, val, self.config, seed)
         import torch
@@ -162,11 +162,3 @@ class EncoderHeadReward:
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])
         return rows.map_batches(HeadScorer, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
                                 batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_format="numpy")
-
-
-def _checked_labels(label: pd.Series) -> np.ndarray:
-    values = label.to_numpy().astype(object)
-    bad = [v for v in values if v not in ("a", "b")]
-    if bad:
-        raise ValueError(f"training labels must be 'a' or 'b', got {bad[0]!r}")
-    return values.astype(str)

@@ -41,10 +41,10 @@ def write_config(tmp_path, data_path, on_invalid="error"):
     return path
 
 
-def assert_ray_not_running():
+def ray_running() -> bool:
     import ray
 
-    assert not ray.is_initialized()
+    return ray.is_initialized()
 
 
 # rlthf run
@@ -77,11 +77,12 @@ def test_missing_config_file_exits_2(tmp_path, capsys):
 def test_invalid_record_with_on_invalid_error_exits_2(tmp_path, capsys, no_ray):
     data = tmp_path / "data.jsonl"
     write_jsonl(data, [GOOD, MISMATCHED, GOOD])
+    ray_before = ray_running()  # another test module may have started the session's Ray already
     assert main(["run", "--config", str(write_config(tmp_path, data))]) == 2
     err = capsys.readouterr().err
     assert err == ("rlthf: error: data.jsonl:2: field 'rejected': the dialogue before the last assistant turn "
                    "differs from chosen's\n")
-    assert_ray_not_running()  # nothing reached Ray Data (no Ray start-up of its own either)
+    assert ray_running() == ray_before  # nothing reached Ray Data (no Ray start-up of its own either)
     assert not (tmp_path / "run" / "data" / "pairs.parquet").exists()
     assert not (tmp_path / "run" / "steps.json").exists()  # no step finished
 

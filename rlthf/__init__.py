@@ -6,6 +6,8 @@ The public API, imported lazily so that ``import rlthf.analysis`` stays numpy-on
 - ``load_pairs``: preference pairs as a ``ray.data.Dataset``.
 - ``analyze_curve``, ``select_pairs``: the pure algorithm.
 - ``run``: the whole resumable loop.
+- ``label``, ``train_reward_model``, ``score``, ``attach_rewards``, ``analyze``, ``select``: the loop's steps on
+  ``ray.data.Dataset`` with typed config sections, to embed in a larger Ray pipeline (``rlthf/api.py``).
 """
 from importlib import import_module
 
@@ -20,6 +22,13 @@ _EXPORTS = {
     "CurveAnalysis": "rlthf.analysis",
     "select_pairs": "rlthf.selection",
     "run": "rlthf.loop",
+    # steps on ray.data.Dataset, for embedding rlthf in a larger Ray pipeline (rlthf/api.py)
+    "label": "rlthf.api",
+    "train_reward_model": "rlthf.api",
+    "score": "rlthf.api",
+    "attach_rewards": "rlthf.api",
+    "analyze": "rlthf.api",
+    "select": "rlthf.api",
 }
 __all__ = list(_EXPORTS)
 

@@ -19,6 +19,13 @@ The rule, exactly:
    across the x axis), but never left of ``knee_index + 1`` (paper: the reflection point lies right of the
    knee). ``reflection_index == n`` means no pair lies past the reflection point.
 
+**Kneedle** (``knee_detector="kneedle"``, through the ``kneed`` package) replaces steps 2-5 by Satopaa et al.'s
+detector: split the curve at its flattest point (the middle one of the ranks whose smoothed drop is the
+smallest), then **elbow_index** = Kneedle's point of maximum curvature of the head (``curve="convex",
+direction="decreasing"`` on ranks ``0..split``) and **knee_index** = that of the tail (``curve="concave",
+direction="decreasing"`` on ranks ``split..n-1``); a piece where Kneedle finds no point falls back to 0 (elbow)
+or ``n - 1`` (knee). Step 6 is unchanged.
+
 Fallbacks, so that every curve gets an answer a loop can act on:
 
 - fewer than ``min_points`` margins (slopes of so few points are noise): the *sign* rule, ``elbow_index = 0``,
@@ -99,6 +106,7 @@ def analyze_curve(
     smoothing: float = 0.02,
     steepness_factor: float = 2.0,
     min_points: int = 50,
+    knee_detector: str = "derivative",
     ids: Optional[Sequence] = None,
 ) -> CurveAnalysis:
     """Sort margins into the reward distribution curve and find its elbow, knee and reflection point.
@@ -113,6 +121,8 @@ def analyze_curve(
         A smoothed drop is steep above ``steepness_factor`` times the median smoothed drop.
     min_points : int, default=50
         Below this many margins the sign fallback is used (see the module docstring).
+    knee_detector : {'derivative', 'kneedle'}, default='derivative'
+        How the elbow and knee are found: the smoothed-slope threshold, or Kneedle (see the module docstring).
     ids : sequence, optional
         Pair ids, only to name a bad margin in the error.
 
@@ -120,6 +130,8 @@ def analyze_curve(
     -------
     CurveAnalysis
     """
+    if knee_detector not in KNEE_DETECTORS:
+        raise ValueError(f"knee_detector must be one of {', '.join(KNEE_DETECTORS)}, got {knee_detector!r}")
     margins = np.asarray(margins, dtype=float)
     if margins.ndim != 1 or len(margins) == 0:
         raise ValueError(f"margins must be a non-empty 1-d array, got shape {margins.shape}")
@@ -137,13 +149,41 @@ def analyze_curve(
         window = max(1, 2 * int(smoothing * n / 2) + 1)
         smoothed = smooth(drop, window)
         threshold = float(steepness_factor * np.median(smoothed))
-        flat = np.flatnonzero(smoothed <= threshold)  # never empty: the median itself is not steep
-        elbow, knee = int(flat[0]), int(flat[-1]) + 1
-        method = "derivative"
+        if knee_detector == "kneedle":
+            flattest = np.flatnonzero(smoothed == smoothed.min())
+            elbow, knee = kneedle_landmarks(curve, int(flattest[len(flattest) // 2]))
+        else:
+            flat = np.flatnonzero(smoothed <= threshold)  # never empty: the median itself is not steep
+            elbow, knee = int(flat[0]), int(flat[-1]) + 1
+        method = knee_detector
 
     reflection = reflection_index(curve, elbow, knee)
     return CurveAnalysis(order=order, sorted_margins=curve, elbow_index=elbow, knee_index=knee,
                          reflection_index=reflection, smoothed_drop=smoothed, threshold=threshold, method=method)
+
+
+KNEE_DETECTORS = ("derivative", "kneedle")
+
+
+def kneedle_landmarks(curve: np.ndarray, split: int) -> tuple[int, int]:
+    """Kneedle's elbow of ``curve[:split + 1]`` (convex, decreasing) and knee of ``curve[split:]`` (concave,
+    decreasing), as ranks of the whole curve; 0 and ``n - 1`` where a piece has none."""
+    from kneed import KneeLocator
+
+    n = len(curve)
+    ranks = np.arange(n, dtype=float)
+
+    def locate(lo: int, hi: int, shape: str) -> Optional[int]:
+        if hi - lo < 2 or curve[lo] == curve[hi - 1]:  # too short or flat: nothing to find
+            return None
+        knee = KneeLocator(ranks[lo:hi], curve[lo:hi], curve=shape, direction="decreasing").knee
+        return None if knee is None else int(round(knee))
+
+    elbow = locate(0, split + 1, "convex")
+    knee = locate(split, n, "concave")
+    elbow = 0 if elbow is None else elbow
+    knee = n - 1 if knee is None else knee
+    return elbow, max(knee, elbow)
 
 
 def reflection_index(curve: np.ndarray, elbow_index: int, knee_index: int) -> int:

@@ -1,26 +1,39 @@
-"""Who answers an iteration's annotation batch: a simulated human, or people through files.
+"""Who answers an iteration's annotation batch: a simulated human, or people through files and the annotation page.
 
 Each iteration ``k`` has a folder in the run directory::
 
     annotations/iter_{k}/request.jsonl   one line per pair to judge: id, prompt, response_a, response_b
-    annotations/iter_{k}/answers.jsonl   one line per answer: {"id", "label": "a"|"b", "annotator", "time"}
+    annotations/iter_{k}/overlap.json    the ids that two different people answer (inter-annotator agreement)
+    annotations/iter_{k}/answers.jsonl   the answer log, append-only: {"id", "label": "a"|"b", "annotator", "time"}
+                                         plus "shown" ("ab": a on the left) and "comment" from the page, and
+                                         {"id", "undo": true, "annotator", "time"} that takes back that person's
+                                         last answer for the pair
 
 The request never carries the AI or working label, so it cannot bias whoever answers. An answer is on disk
-before the next question is asked, so a run killed mid-batch resumes without asking anyone twice.
+before the next question is asked, so a run killed mid-batch resumes without asking anyone twice. The loop reads
+the folded log (:func:`fold_answers`): a pair's label is its first answer still standing; a second answer to an
+overlap pair only measures agreement.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import logging
+import re
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Iterator, Literal, Mapping, Protocol
 
 import pandas as pd
 
 from rlthf.data import LABELS, hash_unit
-from rlthf.rundir import RunDir, append_jsonl_durable, atomic_write_jsonl, read_jsonl
+from rlthf.rundir import RunDir, append_jsonl_durable, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 REQUEST_COLUMNS = ("id", "prompt", "response_a", "response_b")
+IMPORT_FORMATS = ("jsonl", "labelstudio", "argilla")
+log = logging.getLogger("rlthf")
 
 
 class AnnotationPending(Exception):
@@ -32,21 +45,42 @@ class AnnotationPending(Exception):
 
     def __str__(self) -> str:
         return (f"iteration {self.iteration}: {self.missing} answers missing for the pairs in {self.request_path}. "
-                f"Answer them in a jsonl file of {{\"id\", \"label\": \"a\"|\"b\"}} lines, then run\n"
+                f"Answer them on the annotation page:\n"
+                f"  rlthf annotate serve --run {self.run_dir}\n"
+                f"or in a jsonl file of {{\"id\", \"label\": \"a\"|\"b\"}} lines (or Label Studio / Argilla: "
+                f"rlthf annotate export --help), then run\n"
                 f"  rlthf annotate import --run {self.run_dir} ANSWERS.jsonl\n"
-                f"  rlthf run --config CONFIG\n"
-                f"to import them and resume the run (a partial file is fine; the run resumes once all are in).")
+                f"and resume the run once all are in (a partial file is fine):\n"
+                f"  rlthf run --config CONFIG")
 
 
 class InvalidAnswer(ValueError):
-    """A bad line in an answers file: the file, its 1-based line, the field and why."""
+    """A bad record in an answers file: the file, its 1-based position, the field and why.
 
-    def __init__(self, path: str | Path, line: int, field: str, reason: str) -> None:
-        super().__init__(path, line, field, reason)
-        self.path, self.line, self.field, self.reason = Path(path), line, field, reason
+    The position is a line of a jsonl file (``unit="line"``) or an element of a JSON list (``unit="record"``:
+    a Label Studio task, an Argilla record).
+    """
+
+    def __init__(self, path: str | Path, line: int, field: str, reason: str, unit: str = "line") -> None:
+        super().__init__(path, line, field, reason, unit)
+        self.path, self.line, self.field, self.reason, self.unit = Path(path), line, field, reason, unit
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: field '{self.field}': {self.reason}"
+        where = f"{self.path}:{self.line}" if self.unit == "line" else f"{self.path}: {self.unit} {self.line}"
+        return f"{where}: field '{self.field}': {self.reason}"
+
+
+@dataclass
+class Answer:
+    """One answer read from a file, before it is checked against the open request."""
+
+    position: int  # 1-based line or record of the file, for error messages
+    field: str  # the field that carries the answer, for error messages
+    id_field: str  # the field that carries the pair id, for error messages
+    id: str
+    label: Literal["a", "b"]
+    annotator: str
+    extra: dict = field(default_factory=dict)  # shown, comment, time: kept in the log as they came
 
 
 class Annotator(Protocol):
@@ -78,9 +112,110 @@ def read_requested_ids(run_dir: str | Path | RunDir, iteration: int) -> list[str
     return [r["id"] for r in read_jsonl(request_path(run_dir, iteration))]
 
 
+def overlap_path(run_dir: str | Path | RunDir, iteration: int) -> Path:
+    return iteration_dir(run_dir, iteration) / "overlap.json"
+
+
+def fold_answers(log_records: list[dict]) -> dict[str, list[dict]]:
+    """The answers still standing after the undos of an answer log: ``{id: [answer, ...]}`` in the order given.
+
+    An undo record takes back the last standing answer of its annotator for its pair; one with nothing to take
+    back changes nothing (a double click on undo).
+    """
+    standing: dict[str, list[dict]] = {}
+    for record in log_records:
+        answers = standing.setdefault(record["id"], [])
+        if record.get("undo"):
+            mine = [i for i, a in enumerate(answers) if a["annotator"] == record["annotator"]]
+            if mine:
+                answers.pop(mine[-1])
+        else:
+            answers.append(record)
+    return {pid: answers for pid, answers in standing.items() if answers}
+
+
+def read_answer_records(run_dir: str | Path | RunDir, iteration: int) -> dict[str, list[dict]]:
+    """Every standing answer of ``iteration`` with who gave it and when, ``{id: [answer, ...]}``."""
+    return fold_answers(read_jsonl(answers_path(run_dir, iteration)))
+
+
 def read_answers(run_dir: str | Path | RunDir, iteration: int) -> dict[str, str]:
-    """The answers given so far in ``iteration``: ``{id: "a" | "b"}`` (empty when there are none)."""
-    return {r["id"]: r["label"] for r in read_jsonl(answers_path(run_dir, iteration))}
+    """The labels given so far in ``iteration``: ``{id: "a" | "b"}``, each pair's first standing answer."""
+    return {pid: answers[0]["label"] for pid, answers in read_answer_records(run_dir, iteration).items()}
+
+
+def answers_needed(run_dir: str | Path | RunDir, iteration: int) -> dict[str, int]:
+    """How many people answer each requested pair: 2 for the overlap pairs, 1 for the others."""
+    path = overlap_path(run_dir, iteration)
+    overlap = set(json.loads(path.read_text())) if path.exists() else set()
+    return {pid: 2 if pid in overlap else 1 for pid in read_requested_ids(run_dir, iteration)}
+
+
+def missing_answers(run_dir: str | Path | RunDir, iteration: int) -> int:
+    """Answers the request of ``iteration`` still waits for (an overlap pair waits for two)."""
+    standing = read_answer_records(run_dir, iteration)
+    return sum(max(0, n - len(standing.get(pid, []))) for pid, n in answers_needed(run_dir, iteration).items())
+
+
+def agreement(first: list[str], second: list[str]) -> dict:
+    """Inter-annotator agreement of two people's labels on the same pairs.
+
+    Returns ``pairs``, ``agree`` (the fraction of equal labels, None without pairs) and Cohen's ``kappa``
+    (agreement beyond what the two people's label frequencies give by chance; None when chance agreement is 1).
+    """
+    n = len(first)
+    if n != len(second):
+        raise ValueError(f"two lists of labels of different lengths: {n} and {len(second)}")
+    if not n:
+        return {"pairs": 0, "agree": None, "kappa": None}
+    observed = sum(x == y for x, y in zip(first, second)) / n
+    chance = sum((first.count(label) / n) * (second.count(label) / n) for label in LABELS)
+    kappa = None if chance == 1 else (observed - chance) / (1 - chance)
+    return {"pairs": n, "agree": observed, "kappa": kappa}
+
+
+def iteration_agreement(run_dir: str | Path | RunDir, iteration: int) -> dict:
+    """Agreement between the first two answers of every pair that two people answered in ``iteration``."""
+    doubles = [answers for answers in read_answer_records(run_dir, iteration).values() if len(answers) >= 2]
+    return agreement([a[0]["label"] for a in doubles], [a[1]["label"] for a in doubles])
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path | RunDir, iteration: int) -> Iterator[None]:
+    """Hold the iteration's answer-log lock: the page's appends and an import's rewrite never interleave, even
+    from two processes."""
+    path = iteration_dir(run_dir, iteration) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- the human-label budget ---------------------------------------------------------------------------------
+
+BUDGET_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def budget_labels(budget: int | str | None, corpus_size: int) -> int | None:
+    """The human-label budget as a count: ``120`` stays 120, ``"5%"`` is 5% of the corpus rounded down, None is
+    no budget."""
+    if budget is None:
+        return None
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+        return budget
+    match = BUDGET_PATTERN.match(budget) if isinstance(budget, str) else None
+    if match is None or float(match.group(1)) > 100:
+        raise ValueError(f"a budget is a count >= 0 or a percentage of the corpus like '5%'; got {budget!r}")
+    return int(float(match.group(1)) * corpus_size // 100)
+
+
+def cap_to_budget(wanted: int, budget: int | str | None, *, corpus_size: int, used: int) -> int:
+    """How many of ``wanted`` new human labels the budget still allows after ``used`` (never below 0)."""
+    cap = budget_labels(budget, corpus_size)
+    return wanted if cap is None else max(0, min(wanted, cap - used))
 
 
 class SimulatedHuman:
@@ -129,29 +264,56 @@ class SimulatedHuman:
 
 
 class FileQueueAnnotator:
-    """Answers from people: writes the request file and stops the run until ``rlthf annotate import`` brings
-    every answer in."""
+    """Answers from people: writes the request file and stops the run until every answer is in, through the
+    annotation page (``rlthf annotate serve``) or an imported file (``rlthf annotate import``).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run directory.
+    overlap : float, default=0.0
+        Share of each batch that two different people answer, chosen by a seeded hash of the pair id; their
+        agreement goes to ``annotations/iter_{k}/agreement.json``.
+    seed : int, default=0
+        Seeds which pairs overlap.
+    """
 
     name = "file_queue"
 
-    def __init__(self, run_dir: str | Path | RunDir) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run_dir: str | Path | RunDir, *, overlap: float = 0.0, seed: int = 0) -> None:
+        if not 0.0 <= overlap <= 1.0:
+            raise ValueError(f"overlap must be in [0, 1]; got {overlap}")
+        self.run_dir, self.overlap, self.seed = run_dir, overlap, seed
 
     def annotate(self, requests: pd.DataFrame, iteration: int) -> dict[str, str]:
+        ids = requests["id"].tolist()
+        path = overlap_path(self.run_dir, iteration)
+        if not path.exists():  # written before the request, so a request on disk always has its overlap
+            overlap = [pid for pid, u in zip(ids, hash_unit(self.seed, "overlap", ids)) if u < self.overlap]
+            atomic_write_json(path, overlap)
         ids = _write_request(self.run_dir, iteration, requests, overwrite=False)
-        answers = read_answers(self.run_dir, iteration)
-        missing = sum(pid not in answers for pid in ids)
+        missing = missing_answers(self.run_dir, iteration)
         if missing:
             raise AnnotationPending(iteration, request_path(self.run_dir, iteration), missing, _root(self.run_dir))
+        report = iteration_agreement(self.run_dir, iteration)
+        if report["pairs"]:
+            atomic_write_json(iteration_dir(self.run_dir, iteration) / "agreement.json", report)
+            log.info("iteration %d: two people agree on %.0f%% of %d overlap pairs (Cohen's kappa %s)", iteration,
+                     100 * report["agree"], report["pairs"],
+                     "n/a" if report["kappa"] is None else f"{report['kappa']:.2f}")
+        answers = read_answers(self.run_dir, iteration)
         return {pid: answers[pid] for pid in ids}
 
 
-def import_answers(run_dir: str | Path | RunDir, answers_file: str | Path) -> tuple[int, int]:
+def import_answers(run_dir: str | Path | RunDir, answers_file: str | Path,
+                   format: Literal["jsonl", "labelstudio", "argilla"] = "jsonl") -> tuple[int, int]:
     """Add people's answers to the open request of ``run_dir``.
 
-    ``answers_file`` is jsonl of ``{"id", "label"}`` with an optional ``"annotator"``; labels are ``a``/``b`` in
-    any case. It may answer part of the request. Every line is checked before anything is written, so a bad file
-    changes nothing.
+    ``format`` is ``jsonl``: lines of ``{"id", "label"}`` with an optional ``"annotator"``, labels ``a``/``b`` in
+    any case; ``labelstudio``: Label Studio's JSON export of the tasks of ``rlthf annotate export``; ``argilla``:
+    the folder (or its ``records.json``) of an Argilla dataset exported with ``Dataset.to_disk``
+    (:mod:`rlthf.exchange`). The file may answer part of the request. Every record is checked before anything is
+    written, so a bad file changes nothing.
 
     Returns
     -------
@@ -163,35 +325,75 @@ def import_answers(run_dir: str | Path | RunDir, answers_file: str | Path) -> tu
     Raises
     ------
     InvalidAnswer
-        For the first bad line: malformed JSON, not an object, a missing or bad id or label, an id that is not in
-        the open request, one repeated in the file, or one already answered.
+        For the first bad record: malformed, not an object, a missing or bad id or label, an id that is not in the
+        open request, one the same person answers twice in the file (the same way: a duplicate, the other way: a
+        conflict), one already answered, or more answers for a pair than it takes (two for an overlap pair).
     ValueError
-        When no request is open (or, inconsistently, more than one).
+        When no request is open (or, inconsistently, more than one), or ``format`` is unknown.
     """
-    iteration = _open_iteration(run_dir)
-    requested = set(read_requested_ids(run_dir, iteration))
-    existing = read_jsonl(answers_path(run_dir, iteration))
-    answered = {r["id"] for r in existing}
+    if format not in IMPORT_FORMATS:
+        raise ValueError(f"unknown answers format {format!r}; expected one of {', '.join(IMPORT_FORMATS)}")
+    if format == "jsonl":
+        answers = read_jsonl_answers(answers_file)
+    else:
+        from rlthf import exchange
 
-    new: list[dict] = []
-    line_of_id: dict[str, int] = {}
-    lines = Path(answers_file).read_text(encoding="utf-8").split("\n")
-    for line, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        pid, label, annotator = _parse_answer_line(answers_file, line, text)
-        if pid not in requested:
-            raise InvalidAnswer(answers_file, line, "id", f"{pid!r} is not in the open request "
-                                f"({request_path(run_dir, iteration)})")
-        if pid in line_of_id:
-            raise InvalidAnswer(answers_file, line, "id", f"duplicate of line {line_of_id[pid]}")
-        if pid in answered:
-            raise InvalidAnswer(answers_file, line, "id", f"{pid!r} is already answered")
-        line_of_id[pid] = line
-        new.append(_answer(pid, label, annotator))
-
-    atomic_write_jsonl(answers_path(run_dir, iteration), existing + new)
+        answers = (exchange.read_labelstudio_answers if format == "labelstudio"
+                   else exchange.read_argilla_answers)(answers_file)
+    iteration = open_iteration(run_dir)
+    with locked(run_dir, iteration):  # the page may be appending to the same log
+        existing = read_jsonl(answers_path(run_dir, iteration))
+        new = check_answers(run_dir, iteration, answers, answers_file, unit="line" if format == "jsonl" else "record")
+        atomic_write_jsonl(answers_path(run_dir, iteration), existing + new)
     return iteration, len(new)
+
+
+def check_answers(run_dir: str | Path | RunDir, iteration: int, answers: list[Answer], path: str | Path, *,
+                  unit: str = "line") -> list[dict]:
+    """Check ``answers`` against the request of ``iteration`` and its answer log; return the log records to
+    append. Raises :class:`InvalidAnswer` for the first bad one (see :func:`import_answers`)."""
+    needed = answers_needed(run_dir, iteration)
+    standing = read_answer_records(run_dir, iteration)
+    count = {pid: len(a) for pid, a in standing.items()}
+    seen: dict[tuple[str, str], Answer] = {}
+    first_of_id: dict[str, Answer] = {}
+    new = []
+    for answer in answers:
+        def bad(reason: str) -> InvalidAnswer:
+            return InvalidAnswer(path, answer.position, answer.field, reason, unit)
+
+        pid = answer.id
+        if pid not in needed:
+            raise InvalidAnswer(path, answer.position, answer.id_field,
+                                f"{pid!r} is not in the open request ({request_path(run_dir, iteration)})", unit)
+        earlier = seen.get((pid, answer.annotator))
+        if earlier is not None:
+            how = "duplicate of" if earlier.label == answer.label else "conflicts with"
+            raise bad(f"{pid!r}: {how} {unit} {earlier.position} (the same annotator {answer.annotator!r})")
+        if any(a["annotator"] == answer.annotator for a in standing.get(pid, [])):
+            raise bad(f"{pid!r} is already answered by {answer.annotator!r}")
+        if count.get(pid, 0) >= needed[pid]:
+            other = first_of_id.get(pid)
+            if other is None:
+                raise bad(f"{pid!r} is already answered")
+            how = "agrees with" if other.label == answer.label else "conflicts with"
+            raise bad(f"{pid!r}: one answer too many; it {how} {unit} {other.position} and the pair takes "
+                      f"{needed[pid]} answer(s)")
+        seen[(pid, answer.annotator)] = answer
+        first_of_id.setdefault(pid, answer)
+        count[pid] = count.get(pid, 0) + 1
+        new.append(_answer(pid, answer.label, answer.annotator, **answer.extra))
+    return new
+
+
+def read_jsonl_answers(path: str | Path) -> list[Answer]:
+    """The answers of a jsonl file, each line parsed and its fields checked (not yet against a request)."""
+    answers = []
+    for line, text in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), 1):
+        if text.strip():
+            pid, label, annotator = _parse_answer_line(path, line, text)
+            answers.append(Answer(line, "id", "id", pid, label, annotator))
+    return answers
 
 
 def _write_request(run_dir: str | Path | RunDir, iteration: int, requests: pd.DataFrame, *,
@@ -211,12 +413,10 @@ def _write_request(run_dir: str | Path | RunDir, iteration: int, requests: pd.Da
     return ids
 
 
-def _open_iteration(run_dir: str | Path | RunDir) -> int:
-    """The iteration whose request still has unanswered pairs."""
+def open_iteration(run_dir: str | Path | RunDir) -> int:
+    """The iteration whose request still waits for answers."""
     folder = _root(run_dir) / "annotations"
-    iterations = sorted(int(d.name.removeprefix("iter_")) for d in folder.glob("iter_*")
-                        if d.name.removeprefix("iter_").isdigit() and (d / "request.jsonl").exists())
-    waiting = [k for k in iterations if set(read_requested_ids(run_dir, k)) - set(read_answers(run_dir, k))]
+    waiting = [k for k in requested_iterations(run_dir) if missing_answers(run_dir, k)]
     if not waiting:
         raise ValueError(f"no annotation request is waiting for answers in {folder} (every request there is fully "
                          "answered, or none was written yet); nothing to import")
@@ -224,6 +424,13 @@ def _open_iteration(run_dir: str | Path | RunDir) -> int:
         raise ValueError(f"more than one request is waiting for answers in {folder} (iterations {waiting}); "
                          "a run only ever waits on one, so this folder was changed by hand")
     return waiting[0]
+
+
+def requested_iterations(run_dir: str | Path | RunDir) -> list[int]:
+    """The iterations that have a request, in order."""
+    folder = _root(run_dir) / "annotations"
+    return sorted(int(d.name.removeprefix("iter_")) for d in folder.glob("iter_*")
+                  if d.name.removeprefix("iter_").isdigit() and (d / "request.jsonl").exists())
 
 
 def _parse_answer_line(path: str | Path, line: int, text: str) -> tuple[str, str, str]:
@@ -251,9 +458,12 @@ def _root(run_dir: str | Path | RunDir) -> Path:
     return run_dir.root if isinstance(run_dir, RunDir) else Path(run_dir)
 
 
-def _answer(pid: str, label: str, annotator: str) -> dict:
-    return {"id": pid, "label": label, "annotator": annotator,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def _answer(pid: str, label: str, annotator: str, **extra: Any) -> dict:
+    return {"id": pid, "label": label, "annotator": annotator, "time": now(), **extra}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _other(label: str) -> str:

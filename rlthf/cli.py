@@ -1,4 +1,4 @@
-"""The ``rlthf`` command: ``rlthf run``, ``rlthf label`` (``--config FILE``) and ``rlthf annotate import --run DIR FILE``.
+"""The ``rlthf`` command: ``rlthf run``, ``rlthf label``, ``rlthf experiment``, ``rlthf tune`` (``--config FILE``) and ``rlthf annotate serve|export|import --run DIR``.
 
 Exit status: 0 done, 2 a bad config or bad input (the message names the key or the record), 3 waiting for
 human answers (the message says which file to hand out and how to resume).
@@ -14,25 +14,63 @@ EXIT_BAD_INPUT = 2
 EXIT_ANNOTATION_PENDING = 3
 
 
+def _config_command(sub, name: str, help: str, example: str, set_example: str) -> argparse.ArgumentParser:
+    command = sub.add_parser(name, help=help)
+    command.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+    command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help=f"override a config value, e.g. --set {set_example} (repeatable)")
+    return command
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlthf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run (or resume) RLTHF as a config says")
-    run.add_argument("--config", required=True, help="YAML config, e.g. configs/demo.yaml")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config value, e.g. --set selection.iterations=3 (repeatable)")
+    _config_command(sub, "run", "run (or resume) RLTHF as a config says", "configs/demo.yaml",
+                    "selection.iterations=3")
+    _config_command(sub, "label", "label the shard with the configured LLM judge (section judge)",
+                    "configs/demo_judge.yaml", "data.max_pairs=200")
+    experiment = _config_command(sub, "experiment", "baselines, selectors and ablations over seeds: one report",
+                                 "configs/experiment_hh_rlhf.yaml", "'seeds=[0]'")
+    experiment.add_argument("--methods", nargs="+", default=None, help="run only these methods (default: all)")
+    _config_command(sub, "tune", "Ray Tune search of the alpha/beta schedules and the batch size (ASHA)",
+                    "configs/tune_demo.yaml", "num_samples=4")
+    _config_command(sub, "dpo", "DPO on Ray Train on a run's curated pairs (section dpo)", "configs/downstream.yaml",
+                    "dpo.max_steps=10")
+    _config_command(sub, "downstream", "the paper's table 2: DPO on AI-only, Random, Human and RLTHF labels, "
+                    "win rates", "configs/downstream.yaml", "dpo.max_steps=10")
+    winrate = _config_command(sub, "winrate", "win rate of a policy against a reference, judged in both orders",
+                              "configs/downstream.yaml", "winrate.num_prompts=16")
+    winrate.add_argument("--policy", default=None, help="policy model folder (default: <output_dir>/dpo/merged)")
+    winrate.add_argument("--reference", default=None, help="reference model (default: dpo.model, dpo.gguf_file)")
+    winrate.add_argument("--reference-gguf", default=None, help="a GGUF file inside --reference")
+    winrate.add_argument("--out", default=None, help="output folder (default: <output_dir>/winrate)")
+    export_rm = sub.add_parser("export-rm", help="a reward checkpoint as a Hugging Face sequence-classification model")
+    export_rm.add_argument("checkpoint", help="an rlthf reward checkpoint, e.g. runs/demo/iterations/iter_5/checkpoint")
+    export_rm.add_argument("out", help="the model folder to write")
 
-    label = sub.add_parser("label", help="label the shard with the configured LLM judge (section judge)")
-    label.add_argument("--config", required=True, help="YAML config, e.g. configs/judge_smollm2.yaml")
-    label.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value (repeatable)")
-
-    annotate = sub.add_parser("annotate", help="human annotation through files")
+    annotate = sub.add_parser("annotate", help="human annotation: the page, files, Label Studio, Argilla")
     annotate_sub = annotate.add_subparsers(dest="annotate_command", required=True)
     imp = annotate_sub.add_parser("import", help="import human answers for the open annotation request")
     imp.add_argument("--run", required=True, help="the run directory (the config's output_dir)")
-    imp.add_argument("answers", help='JSON lines: {"id": ..., "label": "a" | "b"}')
+    imp.add_argument("--format", choices=["jsonl", "labelstudio", "argilla"], default="jsonl",
+                     help="jsonl: lines of {\"id\", \"label\"}; labelstudio: Label Studio's JSON export; argilla: "
+                          "the folder of Dataset.to_disk (or its records.json)")
+    imp.add_argument("answers", help='the answers: a jsonl file of {"id": ..., "label": "a" | "b"}, or as --format')
+    serve = annotate_sub.add_parser("serve", help="serve the annotation page for the open request")
+    serve.add_argument("--run", required=True, help="the run directory (the config's output_dir)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind; anything but loopback needs --token")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    serve.add_argument("--token", default=os.environ.get("RLTHF_ANNOTATE_TOKEN"),
+                       help="a secret people open the page with (?token=...); default $RLTHF_ANNOTATE_TOKEN")
+    serve.add_argument("--lease-minutes", type=float, default=15.0,
+                       help="how long a pair shown to one person is kept from the others")
+    export = annotate_sub.add_parser("export", help="export the open request for Label Studio or Argilla")
+    export.add_argument("--run", required=True, help="the run directory (the config's output_dir)")
+    export.add_argument("--format", choices=["labelstudio", "argilla"], required=True,
+                        help="labelstudio: OUT.json tasks and OUT.xml labeling config; argilla: folder OUT as "
+                             "Dataset.to_disk writes it")
+    export.add_argument("out", help="where the export goes")
     return parser
 
 
@@ -52,10 +90,46 @@ def main(argv: list[str] | None = None) -> int:
             from rlthf.loop import label_shard
 
             label_shard(load_config(args.config, args.overrides))
+        elif args.command == "experiment":
+            from rlthf.experiment import load_experiment, run_experiment
+
+            config = load_experiment(args.config, args.overrides)
+            run_experiment(config, methods=args.methods)
+            print(f"report: {config.output_dir}/report.md")
+        elif args.command == "tune":
+            from rlthf.tune import load_tune, run_tune
+
+            run_tune(load_tune(args.config, args.overrides))
+        elif args.command == "dpo":
+            from rlthf.dpo import run_dpo
+
+            run_dpo(load_config(args.config, args.overrides))
+        elif args.command == "winrate":
+            from rlthf.winrate import run_winrate
+
+            run_winrate(load_config(args.config, args.overrides), policy=args.policy, reference=args.reference,
+                        reference_gguf=args.reference_gguf, out=args.out)
+        elif args.command == "downstream":
+            from rlthf.downstream import run_downstream
+
+            run_downstream(load_config(args.config, args.overrides))
+        elif args.command == "export-rm":
+            from rlthf.reward.export import export_reward_model
+
+            print(f"exported {export_reward_model(args.checkpoint, args.out)}")
+        elif args.annotate_command == "serve":
+            from rlthf.annotation_page import serve
+
+            serve(args.run, host=args.host, port=args.port, token=args.token, lease_minutes=args.lease_minutes)
+        elif args.annotate_command == "export":
+            from rlthf.exchange import export_request
+
+            for line in export_request(args.run, args.format, args.out):
+                print(line)
         else:
             from rlthf.annotators import import_answers
 
-            iteration, count = import_answers(args.run, args.answers)
+            iteration, count = import_answers(args.run, args.answers, format=args.format)
             print(f"imported {count} answers for iteration {iteration}; resume with `rlthf run --config ...`")
     except AnnotationPending as pending:
         print(str(pending), file=sys.stderr)

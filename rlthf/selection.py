@@ -61,6 +61,7 @@ def select_pairs(
     amplification: float,
     backoff: float,
     flip: bool = True,
+    annotation_order=None,
 ) -> Selection:
     """Flip, annotation batch and next training set for one iteration.
 
@@ -78,6 +79,11 @@ def select_pairs(
         beta in [0, 1): non-human pairs enter training only when ranked below ``(1 - beta) * knee_index``.
     flip : bool, default=True
         Whether to flip pairs past the reflection point (off for the no-flip ablation).
+    annotation_order : array-like of int, optional
+        Positions in the order another selector would send them to humans (``rlthf.selectors``); the batch is
+        the first ``annotation_size`` of them no human has labelled. None: RLTHF's order, leftward from the
+        reflection point (b). Flips and the training set are RLTHF's either way, so selectors differ in the
+        batch alone.
     """
     human = np.asarray(human_labelled, dtype=bool)
     n = analysis.n
@@ -94,9 +100,12 @@ def select_pairs(
 
     flip_ranks = np.flatnonzero(~human_by_rank[reflection:]) + reflection if flip else np.empty(0, np.int64)
 
-    left = np.arange(reflection - 1, -1, -1)  # from the reflection point leftwards
-    right = np.arange(reflection, n)  # the flipped tail, only as a last resort
-    candidates = np.concatenate([left, right]).astype(np.int64)
+    if annotation_order is None:
+        left = np.arange(reflection - 1, -1, -1)  # from the reflection point leftwards
+        right = np.arange(reflection, n)  # the flipped tail, only as a last resort
+        candidates = np.concatenate([left, right]).astype(np.int64)
+    else:
+        candidates = analysis.ranks[_checked_order(annotation_order, n)]
     candidates = candidates[~human_by_rank[candidates]]
     annotate_ranks = candidates[:annotation_size]
 
@@ -112,6 +121,13 @@ def select_pairs(
                      train_cutoff_rank=cutoff, repeats=repeats)
 
 
+def _checked_order(order, n: int) -> np.ndarray:
+    order = np.asarray(order, dtype=np.int64)
+    if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError(f"annotation_order must be a permutation of the {n} positions, got shape {order.shape}")
+    return order
+
+
 def select_random(n: int, human_labelled, *, annotation_size: int, seed: int) -> Selection:
     """The paper's *Random* baseline (appendix C.3): the same number of human labels, drawn uniformly from the
     pairs no human has labelled, on top of the AI labels; no flips, no amplification, no back-off (every pair
@@ -125,3 +141,17 @@ def select_random(n: int, human_labelled, *, annotation_size: int, seed: int) ->
     return Selection(flip=np.empty(0, np.int64), annotate=np.sort(annotate), train=np.arange(n),
                      train_cutoff_rank=n, repeats=1)
 
+
+
+def decayed_schedule(start: float, decay: float, floor: float, length: int) -> list[float]:
+    """A schedule that starts at ``start`` and decays geometrically to ``floor``: ``max(floor, start * decay**i)``
+    for iterations ``i = 0 .. length - 1`` (rounded to 4 decimals); the form Ray Tune searches (rlthf/tune.py).
+
+    >>> decayed_schedule(0.8, 0.5, 0.1, 5)
+    [0.8, 0.4, 0.2, 0.1, 0.1]
+    """
+    if length < 1:
+        raise ValueError(f"a schedule needs at least one value, got length {length}")
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay}")
+    return [round(max(floor, start * decay ** i), 4) for i in range(length)]

@@ -98,6 +98,7 @@ def test_file_queue_round_trip_with_partial_import(tmp_path):
     message = str(pending.value)
     assert str(request_path(tmp_path, 1)) in message and "6 answers missing" in message
     assert f"rlthf annotate import --run {tmp_path} ANSWERS.jsonl" in message
+    assert f"rlthf annotate serve --run {tmp_path}" in message
     assert "rlthf run --config CONFIG" in message
     assert [set(r) for r in read_jsonl(request_path(tmp_path, 1))] == [{"id", "prompt", "response_a",
                                                                           "response_b"}] * 6

@@ -94,7 +94,8 @@ def test_train_writes_checkpoint_and_meta(trained):
     assert meta["train_pairs"] + meta["val_pairs"] == len(df)
     history = meta["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy", "resumed"}
+    assert not any(h["resumed"] for h in history)  # one uninterrupted run
     best = history[int(np.argmin([h["val_loss"] for h in history]))]
     assert meta["best_epoch"] == best["epoch"]
     assert meta["best_val_loss"] == pytest.approx(best["val_loss"])

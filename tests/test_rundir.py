@@ -25,3 +25,32 @@ def test_steps_survive_a_new_process(tmp_path):
     again = RunDir(tmp_path)
     assert again.done("prepare") and again.info("prepare") == {"seconds": 1.5} and not again.done("iter_0/train")
     assert json.loads((tmp_path / "steps.json").read_text()) == {"prepare": {"seconds": 1.5}}
+
+
+def test_mirror_gets_each_finished_step_and_a_fresh_driver_resumes_from_it(tmp_path):
+    mirror = tmp_path / "bucket" / "run"
+    rd = RunDir(tmp_path / "node1", mirror=str(mirror))
+    (rd.path("iterations", "iter_0", "scores.json")).write_text('{"acc": 0.8}')
+    (rd.root / ".metrics.jsonl.x.tmp").write_text("half written")  # an atomic write in flight
+    rd.mark_done("iter_0/score", seconds=2.0)
+    assert json.loads((mirror / "steps.json").read_text()) == {"iter_0/score": {"seconds": 2.0}}
+    assert (mirror / "iterations/iter_0/scores.json").read_text() == '{"acc": 0.8}'
+    assert not (mirror / ".metrics.jsonl.x.tmp").exists()
+
+    # only what changed goes up again: an untouched file is not re-sent
+    (mirror / "iterations/iter_0/scores.json").write_text("left alone")
+    rd.path("curated.parquet").write_bytes(b"PAR1")
+    rd.mark_done("final/curate")
+    assert (mirror / "iterations/iter_0/scores.json").read_text() == "left alone"
+    assert (mirror / "curated.parquet").read_bytes() == b"PAR1"
+
+    fresh = RunDir(tmp_path / "node2", mirror=str(mirror))  # another node, an empty output_dir
+    assert sorted(fresh.steps) == ["final/curate", "iter_0/score"]
+    assert (fresh.root / "curated.parquet").read_bytes() == b"PAR1"
+
+
+def test_mirror_never_overwrites_a_local_run(tmp_path):
+    RunDir(tmp_path / "a", mirror=str(tmp_path / "m")).mark_done("prepare")
+    local = RunDir(tmp_path / "b")
+    local.mark_done("prepare", seconds=9)
+    assert RunDir(tmp_path / "b", mirror=str(tmp_path / "m")).info("prepare") == {"seconds": 9}

@@ -24,7 +24,9 @@ def setup(tmp_path, human_truth: str):
     # reward model 0 prefers a everywhere, most strongly for the first pairs: they form the curve's upper left
     scores = pd.DataFrame({"id": ids, "reward_a": np.linspace(3.0, 0.1, N), "reward_b": 0.0})
     human = SimulatedHuman(tmp_path, {i: human_truth for i in ids})
-    return RunDir(tmp_path / "run"), shard, labels, scores, human
+    rd = RunDir(tmp_path / "run")
+    rd.mark_done("prepare", pairs=N, test=0)  # validation always runs after prepare (the budget reads its counts)
+    return rd, shard, labels, scores, human
 
 
 def test_gaps_are_filled_and_agreeing_humans_pass_quietly(tmp_path, caplog):

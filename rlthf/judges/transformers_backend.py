@@ -258,25 +258,26 @@ class PromptTooLong(ValueError):
     """A request that does not fit the model's context even with its user prompt cut."""
 
 
-def answer_tokens(tokenizer, prefix: str) -> tuple[list[int], tuple[int, int]]:
-    """The context ids of ``prefix`` and the ids of the first tokens of ``A`` and ``B`` that follow it.
+def answer_tokens(tokenizer, prefix: str, choices: tuple[str, str] = ("A", "B")) -> tuple[list[int], tuple[int, int]]:
+    """The context ids of ``prefix`` and the ids of the first tokens of the two ``choices`` that follow it.
 
     Tokenizes ``prefix + "A"`` and ``prefix + "B"``: the ids they share are the context, the first ids where
     they differ are the answer tokens. A tokenizer that merges a trailing space of the prefix into the letter
     (BPE: ``" A"``) thus gets the space in the answer token, not in the context.
     """
-    ids_a = tokenizer(prefix + "A", add_special_tokens=False)["input_ids"]
-    ids_b = tokenizer(prefix + "B", add_special_tokens=False)["input_ids"]
+    ids_a = tokenizer(prefix + choices[0], add_special_tokens=False)["input_ids"]
+    ids_b = tokenizer(prefix + choices[1], add_special_tokens=False)["input_ids"]
     shared = 0
     while shared < min(len(ids_a), len(ids_b)) and ids_a[shared] == ids_b[shared]:
         shared += 1
     if shared >= min(len(ids_a), len(ids_b)):
-        raise ValueError(f"the tokenizer gives no distinct answer tokens for A and B after {prefix!r}")
+        raise ValueError(f"the tokenizer gives no distinct answer tokens for {choices[0]} and {choices[1]} "
+                         f"after {prefix!r}")
     token_a, token_b = ids_a[shared], ids_b[shared]
-    for letter, token in (("A", token_a), ("B", token_b)):
-        if tokenizer.decode([token]).strip() != letter:
-            raise ValueError(f"the answer token for {letter} after {prefix!r} decodes to "
-                             f"{tokenizer.decode([token])!r}, not a single letter")
+    for choice, token in zip(choices, (token_a, token_b)):
+        if tokenizer.decode([token]).strip() != choice:
+            raise ValueError(f"the answer token for {choice} after {prefix!r} decodes to "
+                             f"{tokenizer.decode([token])!r}, not {choice!r} alone")
     return ids_a[:shared], (token_a, token_b)
 
 

@@ -16,7 +16,9 @@ The reward is read the way the Hugging Face ``*ForSequenceClassification`` head 
 the text, survives), in training and in scoring alike.
 
 A driver relaunched on the same ``out_dir`` with the same data and settings resumes the Ray Train run from its
-latest checkpoint (the run name carries a fingerprint of both); a worker-group restart inside one run does too.
+latest checkpoint (the run name carries a fingerprint of both); so does a worker-group restart inside one run
+(a dead worker or node: up to ``reward.max_failures`` restarts, ``FailureConfig``). Checkpoints go to
+``reward.storage_path`` (s3://, gs:// or a shared filesystem on a multi-node cluster) or into ``out_dir``.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ OPTIMIZER_STATE = "optimizer.pt"  # in each Ray Train checkpoint: optimizer and 
 TRAIN_COLUMNS = ["id", "prompt", "response_a", "response_b", "label"]
 SCORE_COLUMNS = ["id", "prompt", "response_a", "response_b"]
 HEAD_NAMES = ("score", "classifier")  # the new head of HF's *ForSequenceClassification models
+DRIVER_ONLY = ("max_failures", "storage_path", "cache_dir")  # RewardConfig fields the workers never read
 
 
 # --------------------------------------------------------------------------------------------- plain model code
@@ -221,7 +224,9 @@ def train_loop_per_worker(config: dict) -> None:
         train_loss = _train_epoch(step_model, engine, optimizer, scheduler, tokenizer, batches, config, device)
         val_batches = val_shard.iter_batches(batch_size=config["score_batch_size"], batch_format="numpy")
         val_loss, val_accuracy = evaluate(module, tokenizer, val_batches, config["max_length"], device)
-        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
+        # `resumed`: this epoch ran in a worker group restored from a checkpoint (a relaunch or a restart)
+        metrics = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                   "resumed": resume is not None}
         history.append(metrics)
         _report(metrics, module, tokenizer, optimizer, scheduler, history, rank, zero3=_is_zero3(engine))
 
@@ -363,7 +368,7 @@ class LoraReward:
         validation loss in ``out_dir/model`` and describe it in ``out_dir``'s meta file. Returns ``out_dir``."""
         import ray.data
         import ray.train
-        from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchTrainer
 
         cfg = self.config
@@ -385,8 +390,8 @@ class LoraReward:
         per_worker = max(1, cfg.batch_size // cfg.num_workers)
         rows_per_worker = len(train_df) // cfg.num_workers  # streaming_split(equal=True) gives each this many
         steps_per_epoch = math.ceil(rows_per_worker / per_worker)
-        loop_config = {
-            **{f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values()},
+        loop_config = {  # where and how often to retry are no part of the run: left out of its fingerprint
+            **{f.name: getattr(cfg, f.name) for f in cfg.__dataclass_fields__.values() if f.name not in DRIVER_ONLY},
             "seed": seed,
             "base_model": resolve_model(cfg.model),
             "per_worker_batch": per_worker,
@@ -398,8 +403,10 @@ class LoraReward:
             scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                          resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=RunConfig(
-                storage_path=str(out_dir / "ray_train"),
+                storage_path=cfg.storage_path or str(out_dir / "ray_train"),
                 name=f"lora-{_fingerprint(df, loop_config)}",
+                # a dead worker (or node) restarts the worker group, which resumes from the last epoch's checkpoint
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
                                                    checkpoint_score_order="min"),
             ),
@@ -449,7 +456,10 @@ class LoraReward:
                 logger.warning("reward.score_concurrency=%d leaves no CPU for Ray Data tasks; using %d",
                                size, max(1, spare))
                 size = max(1, spare)
-        return pairs.select_columns(SCORE_COLUMNS).map_batches(
+        pairs = pairs.select_columns(SCORE_COLUMNS)
+        if size > 1:  # a pandas frame is one block, which only one actor would get: cut it into batch-sized blocks
+            pairs = pairs.repartition(target_num_rows_per_block=cfg.score_batch_size)
+        return pairs.map_batches(
             LoraScorer,
             fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).resolve()), "num_threads": 1,
                                    "device": "cuda" if cfg.use_gpu else "cpu"},

@@ -1,0 +1,11 @@
+"""Entry point for `ray job submit -- python ray_jobs/downstream.py --config configs/downstream.yaml` (`rlthf downstream`).
+
+It parses the arguments and calls the library, nothing more; inside a Ray job RAY_ADDRESS is set, so the command
+joins the cluster instead of starting a local Ray.
+"""
+import sys
+
+from rlthf.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["downstream", *sys.argv[1:]]))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from rlthf.annotators import (Answer, InvalidAnswer, answers_needed, open_iteration,
                               read_answer_records, request_path)
@@ -97,16 +97,8 @@ def read_labelstudio_answers(path: str | Path) -> list[Answer]:
     task are several people's answers. ``completed_by`` names the annotator (``labelstudio:<user id>``, or the
     e-mail when the export expands the user).
     """
-    tasks = _load_json(path)
-    if not isinstance(tasks, list):
-        raise InvalidAnswer(path, 1, "json", f"expected a JSON list of tasks, got {type(tasks).__name__}", "record")
     answers = []
-    for position, task in enumerate(tasks, 1):
-        def bad(field: str, reason: str) -> InvalidAnswer:
-            return InvalidAnswer(path, position, field, reason, "record")
-
-        if not isinstance(task, dict):
-            raise bad("task", f"expected a JSON object, got {type(task).__name__}")
+    for position, task, bad in _json_objects(path, "task"):
         data = task.get("data")
         if not isinstance(data, dict):
             raise bad("data", "missing" if data is None else f"expected an object, got {type(data).__name__}")
@@ -244,19 +236,11 @@ def read_argilla_answers(path: str | Path) -> list[Answer]:
     path = Path(path)
     if path.is_dir():
         path = path / "records.json"
-    raw = _load_json(path)
-    if not isinstance(raw, list):
-        raise InvalidAnswer(path, 1, "json", f"expected a JSON list of records, got {type(raw).__name__}", "record")
     with _offline_argilla() as rg:
         from argilla._exceptions import ArgillaError
 
         answers = []
-        for position, data in enumerate(raw, 1):
-            def bad(field: str, reason: str) -> InvalidAnswer:
-                return InvalidAnswer(path, position, field, reason, "record")
-
-            if not isinstance(data, dict):
-                raise bad("record", f"expected a JSON object, got {type(data).__name__}")
+        for position, data, bad in _json_objects(path, "record"):
             for key in ("fields", "metadata", "responses"):
                 if not isinstance(data.get(key, {}), dict):
                     raise bad(key, f"expected an object, got {type(data[key]).__name__}")
@@ -287,6 +271,20 @@ def read_argilla_answers(path: str | Path) -> list[Answer]:
                 answers.append(Answer(position, f"responses.preference[{j}]", "id", pid, label,
                                       f"argilla:{response.user_id}", extra))
     return answers
+
+
+def _json_objects(path: str | Path, what: str) -> Iterator[tuple[int, dict, Callable[[str, str], InvalidAnswer]]]:
+    """Each object of a JSON list file, with its 1-based position and an error maker that names that position."""
+    items = _load_json(path)
+    if not isinstance(items, list):
+        raise InvalidAnswer(path, 1, "json", f"expected a JSON list of {what}s, got {type(items).__name__}", "record")
+    for position, item in enumerate(items, 1):
+        def bad(field: str, reason: str, position: int = position) -> InvalidAnswer:
+            return InvalidAnswer(path, position, field, reason, "record")
+
+        if not isinstance(item, dict):
+            raise bad(what, f"expected a JSON object, got {type(item).__name__}")
+        yield position, item, bad
 
 
 def _load_json(path: str | Path) -> Any:

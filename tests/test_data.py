@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import logging
 import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -246,8 +246,20 @@ def test_empty_result_keeps_the_schema(tmp_path):
     assert tuple(pairs.columns) == PAIR_COLUMNS and len(pairs) == 0 and len(rejected) == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="`datasets` is installed")
-def test_hf_without_datasets_says_how_to_install(tmp_path):
+def test_hf_reads_a_dataset_folder_like_the_original_file(tmp_path, hh_rlhf_path):
+    # A local folder goes through the same datasets.load_dataset call as a hub name, offline.
+    folder = tmp_path / "hh"
+    folder.mkdir()
+    with gzip.open(hh_rlhf_path, "rt") as src:
+        (folder / "train.jsonl").write_text("".join(line for _, line in zip(range(30), src)))
+    pairs, rejected = read_pairs(folder, format="hf", hf_split="train")
+    original, _ = read_pairs(hh_rlhf_path, max_pairs=30)
+    assert len(rejected) == 0 and len(pairs) == 30
+    assert pairs.equals(original)
+
+
+def test_hf_without_datasets_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
     with pytest.raises(ImportError, match=r"pip install rlthf\[hf\]"):
         read_pairs("Anthropic/hh-rlhf", format="hf")
     with pytest.raises(ImportError, match=r"no such file.*pip install rlthf\[hf\]"):

@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Iterator, Literal, Mapping, Protocol
 
 import pandas as pd
 
+from rlthf.config import budget_labels
 from rlthf.data import LABELS, hash_unit
 from rlthf.rundir import RunDir, append_jsonl_durable, atomic_write_json, atomic_write_jsonl, read_jsonl
 
@@ -195,22 +195,6 @@ def locked(run_dir: str | Path | RunDir, iteration: int) -> Iterator[None]:
 
 
 # --- the human-label budget ---------------------------------------------------------------------------------
-
-BUDGET_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
-def budget_labels(budget: int | str | None, corpus_size: int) -> int | None:
-    """The human-label budget as a count: ``120`` stays 120, ``"5%"`` is 5% of the corpus rounded down, None is
-    no budget."""
-    if budget is None:
-        return None
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
-        return budget
-    match = BUDGET_PATTERN.match(budget) if isinstance(budget, str) else None
-    if match is None or float(match.group(1)) > 100:
-        raise ValueError(f"a budget is a count >= 0 or a percentage of the corpus like '5%'; got {budget!r}")
-    return int(float(match.group(1)) * corpus_size // 100)
-
 
 def cap_to_budget(wanted: int, budget: int | str | None, *, corpus_size: int, used: int) -> int:
     """How many of ``wanted`` new human labels the budget still allows after ``used`` (never below 0)."""

@@ -141,6 +141,22 @@ class JudgeConfig:
         _check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
 
 
+BUDGET_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+
+
+def budget_labels(budget: int | str | None, corpus_size: int) -> int | None:
+    """The human-label budget as a count: ``120`` stays 120, ``"5%"`` is 5% of the corpus rounded down, None is
+    no budget."""
+    if budget is None:
+        return None
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
+        return budget
+    match = BUDGET_PATTERN.match(budget) if isinstance(budget, str) else None
+    if match is None or float(match.group(1)) > 100:
+        raise ValueError(f"a budget is a count >= 0 or a percentage of the corpus like '5%'; got {budget!r}")
+    return int(float(match.group(1)) * corpus_size // 100)
+
+
 @dataclass
 class AnnotationConfig:
     annotator: Literal["simulated", "file_queue"] = _help(
@@ -159,11 +175,11 @@ class AnnotationConfig:
                            "agreement (and Cohen's kappa) goes to annotations/iter_k/agreement.json.")
 
     def __post_init__(self) -> None:
-        budget_ok = (isinstance(self.budget, int) and self.budget >= 0) or self.budget is None or (
-            isinstance(self.budget, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*%\s*", self.budget) is not None
-            and float(self.budget.strip().rstrip("%")) <= 100)
-        _check(budget_ok, "annotation.budget", f"must be a count >= 0 or a share of the corpus like '5%'; "
-               f"got {self.budget!r}")
+        try:
+            budget_labels(self.budget, corpus_size=0)
+        except ValueError:
+            _check(False, "annotation.budget", f"must be a count >= 0 or a share of the corpus like '5%'; "
+                   f"got {self.budget!r}")
         _check(0.0 <= self.overlap <= 1.0, "annotation.overlap", "must be in [0, 1]")
         _check(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
         _check(0 <= self.eyes_off_fraction < 1, "annotation.eyes_off_fraction", "must be in [0, 1)")

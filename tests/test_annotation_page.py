@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from rlthf.config import load_config
 from rlthf.data import read_pairs
 from rlthf.rundir import read_jsonl
 from tests.conftest import REPO
+from tests.judge_servers import free_port
 
 SCRIPT = '<script>document.title = "pwned"</script><b>bold?</b> & "quotes"'
 
@@ -157,12 +157,6 @@ def test_token_is_required_when_set(tmp_path, hh_pairs):
 
 
 # the real server in a browser
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_server(run_dir, port) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "rlthf.cli", "annotate", "serve", "--run", str(run_dir),

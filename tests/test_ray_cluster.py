@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, TEST_API_KEY_ENV
+from tests.judge_servers import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -37,18 +37,12 @@ EXCLUDES = [".git", ".venv", "runs", "rlthf.egg-info", "**/__pycache__", "*.png"
 JOB_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LoopbackCluster:
     """A one-node Ray cluster on 127.0.0.1, its processes found by its own temp dir."""
 
     def __init__(self) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="rl-", dir="/tmp")  # short: Ray's socket paths have a length limit
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port, *self.component_ports = free_ports(7)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         # Ray's token authentication, with this cluster's own token: `ray start`, `ray job submit` and the job
@@ -58,10 +52,14 @@ class LoopbackCluster:
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"  # jobs' python
 
     def start(self) -> None:
-        ports = {f"--{name}": str(free_port()) for name in (
-            "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-            "metrics-export-port", "runtime-env-agent-port", "min-worker-port")}
-        ports["--max-worker-port"] = str(int(ports["--min-worker-port"]) + 200)
+        names = ("ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                 "metrics-export-port", "runtime-env-agent-port")
+        ports = {f"--{name}": str(port) for name, port in zip(names, self.component_ports)}
+        # Workers' ports: below the kernel's ephemeral range (where the ports above, and any port Ray picks
+        # itself, come from; `ray start` refuses a worker range that holds one of them) and above the
+        # session Ray's default 10002-19999.
+        min_worker_port = 20000 + secrets.randbelow(9000)
+        ports |= {"--min-worker-port": str(min_worker_port), "--max-worker-port": str(min_worker_port + 200)}
         command = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.port}",
                    "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
                    "--num-cpus=2", "--num-gpus=0", "--object-store-memory=200000000", f"--temp-dir={self.temp_dir}",

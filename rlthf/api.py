@@ -28,14 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from rlthf.analysis import CurveAnalysis, analyze_curve
+from rlthf.analysis import CurveAnalysis
 from rlthf.config import JudgeConfig, RewardConfig, SelectionConfig
 from rlthf.data import load_pairs
-from rlthf.loop import RunResult, make_reward_backend, run
+from rlthf.loop import RunResult, make_reward_backend, run, shard_curve
 from rlthf.reward.common import checked_labels
 from rlthf.rundir import atomic_write_json
 from rlthf.selection import annotation_batch_size, schedule_value, select_pairs
-from rlthf.simulation import flip_labels, label_sign
+from rlthf.simulation import flip_labels
 
 __all__ = ["load_pairs", "label", "train_reward_model", "score", "attach_rewards", "analyze", "select", "run",
            "RunResult"]
@@ -113,15 +113,16 @@ def attach_rewards(pairs, scores):
 def analyze(scored, config: Optional[SelectionConfig] = None) -> CurveAnalysis:
     """The reward distribution curve (paper 3.2.2) of pairs with ``id, label, reward_a, reward_b``: each pair's
     margin under its working label, sorted, with its elbow, knee and reflection point."""
-    config = config or SelectionConfig()
-    df = _frame(scored, ["id", "label", "reward_a", "reward_b"], "analyze")
+    return _curve(_frame(scored, ["id", "label", "reward_a", "reward_b"], "analyze"), config or SelectionConfig(),
+                  "analyze")
+
+
+def _curve(df, config: SelectionConfig, step: str) -> CurveAnalysis:
     try:
         checked_labels(df["label"])  # a pair without a working label has no margin: drop or label it first
     except ValueError as err:
-        raise ValueError(f"rlthf.analyze: {err}") from None
-    margins = label_sign(df["label"]) * (df["reward_a"] - df["reward_b"]).to_numpy(dtype=float)
-    return analyze_curve(margins, smoothing=config.smoothing, steepness_factor=config.steepness_factor,
-                         min_points=config.min_points, knee_detector=config.knee_detector, ids=df["id"].to_numpy())
+        raise ValueError(f"rlthf.{step}: {err}") from None
+    return shard_curve(config, df["id"], df["label"], df)
 
 
 def select(scored, config: Optional[SelectionConfig] = None, *, iteration: int = 1):
@@ -140,7 +141,7 @@ def select(scored, config: Optional[SelectionConfig] = None, *, iteration: int =
         raise ValueError(f"rlthf.select implements selection.selector 'rlthf'; got {config.selector!r} "
                          "(the other selectors run inside `rlthf run`)")
     df = _frame(scored, ["id", "label", "reward_a", "reward_b"], "select")
-    analysis = analyze(ray.data.from_pandas(df), config)
+    analysis = _curve(df, config, "select")
     human = (df["label_source"] == "human").to_numpy() if "label_source" in df else np.zeros(len(df), bool)
     batch = annotation_batch_size(len(df), config.annotation_fraction)
     selection = select_pairs(analysis, human, annotation_size=batch,

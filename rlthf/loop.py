@@ -33,7 +33,7 @@ import yaml
 
 from rlthf.analysis import analyze_curve
 from rlthf.annotators import Annotator, FileQueueAnnotator, SimulatedHuman, cap_to_budget
-from rlthf.config import ConfigError, RayConfig, RewardConfig, RLTHFConfig
+from rlthf.config import ConfigError, RayConfig, RewardConfig, RLTHFConfig, SelectionConfig
 from rlthf.data import choose_shard, read_pairs, split_test
 from rlthf.plots import plot_accuracy, plot_curve
 from rlthf.metrics import format_table, label_accuracy, preference_accuracy, rm_labels, wilson_interval
@@ -318,7 +318,7 @@ def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: 
         count = cap_to_budget(count, a.budget, corpus_size=_corpus_size(rd), used=0)  # the first human labels
         agreement = None
         if count:
-            analysis = shard_curve(config, shard, new["label"], shard_scores)
+            analysis = shard_curve(config.selection, shard["id"], new["label"], shard_scores)
             ai_ranked = analysis.order[~gaps[analysis.order]]  # it checks the AI's labels, not model 0's
             head = ai_ranked[:max(analysis.elbow_index, count)]  # the upper left, at least `count` pairs
             chosen = np.sort(np.random.default_rng(config.seed).choice(head, size=count, replace=False))
@@ -381,12 +381,11 @@ def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFram
     return {name: pd.read_parquet(p) for name, p in paths.items()}
 
 
-def shard_curve(config: RLTHFConfig, shard: pd.DataFrame, labels: pd.Series, shard_scores: pd.DataFrame):
+def shard_curve(s: SelectionConfig, ids: pd.Series, labels: pd.Series, scores: pd.DataFrame):
     """The reward distribution curve of the shard: each pair's margin under its working label, analysed."""
-    s = config.selection
-    margins = label_sign(labels) * (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy()
+    margins = label_sign(labels) * (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
     return analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
-                         min_points=s.min_points, knee_detector=s.knee_detector, ids=shard["id"].to_numpy())
+                         min_points=s.min_points, knee_detector=s.knee_detector, ids=ids.to_numpy())
 
 
 def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, labels: pd.DataFrame,
@@ -397,7 +396,7 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
         return _load_selection(path)
     s = config.selection
     with _Timer() as t:
-        analysis = shard_curve(config, shard, labels["label"], shard_scores)
+        analysis = shard_curve(config.selection, shard["id"], labels["label"], shard_scores)
         alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
         human = (labels["label_source"] == "human").to_numpy()
         batch = annotation_batch_size(len(shard), s.annotation_fraction)

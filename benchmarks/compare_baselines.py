@@ -1,5 +1,5 @@
 """RLTHF against the paper's baselines over several seeds: the four baseline methods of
-configs/experiment_hh_rlhf.yaml, run and reported by ``rlthf.experiment``.
+configs/experiment_hh_rlhf.yaml, run and reported by ``rlthf.studies.experiment``.
 
     python benchmarks/compare_baselines.py --seeds 0 1 2     # -> runs/baselines/report.md
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rlthf.experiment import load_experiment, run_experiment
+from rlthf.studies.experiment import load_experiment, run_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINES = ["AI-only", "Random", "RLTHF", "Human"]

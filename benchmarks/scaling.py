@@ -25,7 +25,7 @@ import pandas as pd
 
 from rlthf.config import RayConfig, RewardConfig
 from rlthf.data import read_pairs
-from rlthf.loop import init_ray
+from rlthf.cluster.session import init_ray
 from rlthf.models import resolve_model
 from rlthf.reward.common import validation_mask
 from rlthf.reward.lora import (

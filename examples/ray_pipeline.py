@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import rlthf
-from rlthf.api import init_ray_default
+from rlthf.pipeline import init_ray_default
 
 
 def with_prompt_chars(batch: dict) -> dict:

@@ -6,7 +6,7 @@ The judge's API key is read from the variable named by ``judge.api_key_env`` in 
 import _stage
 import ray.data
 
-from rlthf import api
+from rlthf import pipeline
 from rlthf.config import load_config
 
 
@@ -18,10 +18,10 @@ def main() -> None:
     p.add_argument("--report", help="also write the judge report here (JSON)")
     args = p.parse_args()
     config = load_config(args.config, args.overrides)
-    api.init_ray_default()
-    pairs = ray.data.read_parquet(args.input) if args.input else api.load_pairs(
+    pipeline.init_ray_default()
+    pairs = ray.data.read_parquet(args.input) if args.input else pipeline.load_pairs(
         config.data.path, format=config.data.format, seed=config.seed, max_pairs=config.data.max_pairs)
-    api.label(pairs, config.judge, cache_path=args.cache, report_path=args.report).write_parquet(args.output)
+    pipeline.label(pairs, config.judge, cache_path=args.cache, report_path=args.report).write_parquet(args.output)
 
 
 if __name__ == "__main__":

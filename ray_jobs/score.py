@@ -3,7 +3,7 @@ both responses of every pair (Ray Data actors); writes the pairs with ``reward_a
 import _stage
 import ray.data
 
-from rlthf import api
+from rlthf import pipeline
 from rlthf.config import load_config
 
 
@@ -14,10 +14,10 @@ def main() -> None:
     p.add_argument("--output", required=True, help="Parquet directory (path or URI) for the scored pairs")
     args = p.parse_args()
     config = load_config(args.config, args.overrides)
-    api.init_ray_default()
+    pipeline.init_ray_default()
     pairs = ray.data.read_parquet(args.input)
-    scores = api.score(pairs, args.checkpoint, config.reward, cache_dir=config.reward.cache_dir)
-    api.attach_rewards(pairs, scores).write_parquet(args.output)
+    scores = pipeline.score(pairs, args.checkpoint, config.reward, cache_dir=config.reward.cache_dir)
+    pipeline.attach_rewards(pairs, scores).write_parquet(args.output)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import json
 import _stage
 import ray.data
 
-from rlthf import api
+from rlthf import pipeline
 from rlthf.config import load_config
 
 
@@ -16,10 +16,10 @@ def main() -> None:
     p.add_argument("--output", required=True, help="Parquet directory (path or URI) for the selection")
     args = p.parse_args()
     config = load_config(args.config, args.overrides)
-    api.init_ray_default()
+    pipeline.init_ray_default()
     scored = ray.data.read_parquet(args.input)
-    print(json.dumps(api.analyze(scored, config.selection).summary()))
-    api.select(scored, config.selection, iteration=args.iteration).write_parquet(args.output)
+    print(json.dumps(pipeline.analyze(scored, config.selection).summary()))
+    pipeline.select(scored, config.selection, iteration=args.iteration).write_parquet(args.output)
 
 
 if __name__ == "__main__":

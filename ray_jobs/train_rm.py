@@ -4,7 +4,7 @@ restarts and its checkpoints under ``reward.storage_path``."""
 import _stage
 import ray.data
 
-from rlthf import api
+from rlthf import pipeline
 from rlthf.config import load_config
 
 
@@ -15,9 +15,9 @@ def main() -> None:
     p.add_argument("--output", required=True, help="checkpoint folder (a path every node sees)")
     args = p.parse_args()
     config = load_config(args.config, args.overrides)
-    api.init_ray_default()
+    pipeline.init_ray_default()
     pairs = ray.data.read_parquet(args.input).filter(lambda row: row["label"] in ("a", "b"))
-    print(api.train_reward_model(pairs, config.reward, args.output, seed=config.seed,
+    print(pipeline.train_reward_model(pairs, config.reward, args.output, seed=config.seed,
                                  cache_dir=config.reward.cache_dir))
 
 

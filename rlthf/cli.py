@@ -26,8 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlthf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    _config_command(sub, "run", "run (or resume) RLTHF as a config says", "configs/demo.yaml",
-                    "selection.iterations=3")
+    run_command = _config_command(sub, "run", "run (or resume) RLTHF as a config says", "configs/demo.yaml",
+                                  "selection.iterations=3")
+    run_command.add_argument("--serve", action="store_true", help="file_queue: serve the annotation page and wait "
+                             "for people's answers in place, instead of exiting with status 3 at each batch")
+    run_command.add_argument("--host", default="127.0.0.1", help="--serve: address; not loopback needs --token")
+    run_command.add_argument("--port", type=int, default=8765, help="--serve: port (default 8765)")
+    run_command.add_argument("--token", default=os.environ.get("RLTHF_ANNOTATE_TOKEN"),
+                             help="--serve: the page's secret (?token=...); default $RLTHF_ANNOTATE_TOKEN")
+    run_command.add_argument("--lease-minutes", type=float, default=15.0, help="--serve: how long a pair shown "
+                             "to one person is kept from the others")
     _config_command(sub, "label", "label the shard with the configured LLM judge (section judge)",
                     "configs/demo_judge.yaml", "data.max_pairs=200")
     experiment = _config_command(sub, "experiment", "baselines, selectors and ablations over seeds: one report",
@@ -74,63 +82,108 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# --- one function a command: each takes the parsed arguments and imports what it needs when it runs ---------
+
+def _config(args):
+    from rlthf.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _run(args) -> None:
+    from rlthf.run.driver import make_annotator, run
+
+    config = _config(args)
+    if not args.serve:
+        run(config)
+        return
+    from rlthf.annotation.served import PageAddress
+
+    address = PageAddress(args.host, args.port, args.token, args.lease_minutes)
+    with make_annotator(config, config.output_dir, serve=address) as annotator:  # one page for the whole run
+        run(config, annotator=annotator)
+
+
+def _label(args) -> None:
+    from rlthf.run.driver import label_shard
+
+    label_shard(_config(args))
+
+
+def _experiment(args) -> None:
+    from rlthf.studies.experiment import load_experiment, run_experiment
+
+    config = load_experiment(args.config, args.overrides)
+    run_experiment(config, methods=args.methods)
+    print(f"report: {config.output_dir}/report.md")
+
+
+def _tune(args) -> None:
+    from rlthf.studies.tune import load_tune, run_tune
+
+    run_tune(load_tune(args.config, args.overrides))
+
+
+def _dpo(args) -> None:
+    from rlthf.policy.dpo import run_dpo
+
+    run_dpo(_config(args))
+
+
+def _winrate(args) -> None:
+    from rlthf.policy.winrate import run_winrate
+
+    run_winrate(_config(args), policy=args.policy, reference=args.reference, reference_gguf=args.reference_gguf,
+                out=args.out)
+
+
+def _downstream(args) -> None:
+    from rlthf.studies.downstream import run_downstream
+
+    run_downstream(_config(args))
+
+
+def _export_rm(args) -> None:
+    from rlthf.reward.export import export_reward_model
+
+    print(f"exported {export_reward_model(args.checkpoint, args.out)}")
+
+
+def _annotate_serve(args) -> None:
+    from rlthf.annotation.page import serve
+
+    serve(args.run, host=args.host, port=args.port, token=args.token, lease_minutes=args.lease_minutes)
+
+
+def _annotate_export(args) -> None:
+    from rlthf.annotation.formats import export_request
+
+    for line in export_request(args.run, args.format, args.out):
+        print(line)
+
+
+def _annotate_import(args) -> None:
+    from rlthf.annotation.importing import import_answers
+
+    iteration, count = import_answers(args.run, args.answers, format=args.format)
+    print(f"imported {count} answers for iteration {iteration}; resume with `rlthf run --config ...`")
+
+
+COMMANDS = {"run": _run, "label": _label, "experiment": _experiment, "tune": _tune, "dpo": _dpo,
+            "winrate": _winrate, "downstream": _downstream, "export-rm": _export_rm,
+            ("annotate", "serve"): _annotate_serve, ("annotate", "export"): _annotate_export,
+            ("annotate", "import"): _annotate_import}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rlthf.annotators import AnnotationPending
-    from rlthf.config import load_config
+    from rlthf.annotation.annotators import AnnotationPending
 
+    command = (args.command, args.annotate_command) if args.command == "annotate" else args.command
     try:
-        if args.command == "run":
-            from rlthf.loop import run
-
-            run(load_config(args.config, args.overrides))
-        elif args.command == "label":
-            from rlthf.loop import label_shard
-
-            label_shard(load_config(args.config, args.overrides))
-        elif args.command == "experiment":
-            from rlthf.experiment import load_experiment, run_experiment
-
-            config = load_experiment(args.config, args.overrides)
-            run_experiment(config, methods=args.methods)
-            print(f"report: {config.output_dir}/report.md")
-        elif args.command == "tune":
-            from rlthf.tune import load_tune, run_tune
-
-            run_tune(load_tune(args.config, args.overrides))
-        elif args.command == "dpo":
-            from rlthf.dpo import run_dpo
-
-            run_dpo(load_config(args.config, args.overrides))
-        elif args.command == "winrate":
-            from rlthf.winrate import run_winrate
-
-            run_winrate(load_config(args.config, args.overrides), policy=args.policy, reference=args.reference,
-                        reference_gguf=args.reference_gguf, out=args.out)
-        elif args.command == "downstream":
-            from rlthf.downstream import run_downstream
-
-            run_downstream(load_config(args.config, args.overrides))
-        elif args.command == "export-rm":
-            from rlthf.reward.export import export_reward_model
-
-            print(f"exported {export_reward_model(args.checkpoint, args.out)}")
-        elif args.annotate_command == "serve":
-            from rlthf.annotation_page import serve
-
-            serve(args.run, host=args.host, port=args.port, token=args.token, lease_minutes=args.lease_minutes)
-        elif args.annotate_command == "export":
-            from rlthf.exchange import export_request
-
-            for line in export_request(args.run, args.format, args.out):
-                print(line)
-        else:
-            from rlthf.annotators import import_answers
-
-            iteration, count = import_answers(args.run, args.answers, format=args.format)
-            print(f"imported {count} answers for iteration {iteration}; resume with `rlthf run --config ...`")
+        COMMANDS[command](args)
     except AnnotationPending as pending:
         print(str(pending), file=sys.stderr)
         return EXIT_ANNOTATION_PENDING

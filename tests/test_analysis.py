@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from rlthf.analysis import analyze_curve, smooth
+from rlthf.core.curve import analyze_curve, smooth
 
 
 def three_piece_curve():

@@ -7,12 +7,13 @@ import uuid
 
 import pytest
 
-from rlthf.annotators import (AnnotationPending, FileQueueAnnotator, InvalidAnswer, agreement, answers_path,
-                              budget_labels, cap_to_budget, fold_answers, import_answers, iteration_agreement,
-                              missing_answers, read_answer_records, read_answers)
+from rlthf.annotation.annotators import AnnotationPending, FileQueueAnnotator
+from rlthf.annotation.store import (InvalidAnswer, agreement, answers_path, fold_answers, iteration_agreement, missing_answers, read_answer_records, read_answers)
+from rlthf.annotation.importing import import_answers
+from rlthf.core.selection import budget_labels, cap_to_budget
 from rlthf.config import ConfigError, load_config
 from rlthf.data import read_pairs
-from rlthf.exchange import LABELSTUDIO_CONFIG, export_request
+from rlthf.annotation.formats import LABELSTUDIO_CONFIG, export_request
 
 
 @pytest.fixture(scope="module")
@@ -365,14 +366,23 @@ def test_cli_export_import_and_serve_refusal(open_run, hh_pairs, tmp_path, capsy
 # the loop keeps to the budget
 
 def test_loop_never_exceeds_the_budget(ray_local, tmp_path, hh_rlhf_path, embedding_cache):
-    from rlthf.loop import run
+    from rlthf.run.driver import run
     from tests.conftest import REPO
 
     # 5 eyes-off labels, then 4 in iteration 1 would make 9; a budget of 7 leaves 2 (cap_to_budget's own test
     # covers an exhausted budget)
     config = load_config(REPO / "configs/demo.yaml", [
         f"output_dir={tmp_path / 'run'}", f"data.path={hh_rlhf_path}", "data.max_pairs=500",
-        f"reward.cache_dir={embedding_cache}", "selection.iterations=1", "annotation.budget=7"])
+        f"reward.cache_dir={embedding_cache}", "selection.iterations=1", "annotation.budget=7",
+        "annotation.audit_fraction=0"])
     result = run(config, echo=lambda _: None)
     assert [r["human_labels"] for r in result.metrics] == [5, 7]
     assert [r["asked"] for r in result.metrics] == [5, 2]
+    # with an audit (5% of a ~400-pair corpus: 20 wanted), half the budget of 12 is set aside for it: 6, then the
+    # eyes-off 5 and 1 targeted label; the budget holds with the audit's labels counted
+    config = load_config(REPO / "configs/demo.yaml", [
+        f"output_dir={tmp_path / 'audited'}", f"data.path={hh_rlhf_path}", "data.max_pairs=500",
+        f"reward.cache_dir={embedding_cache}", "selection.iterations=1", "annotation.budget=12"])
+    result = run(config, echo=lambda _: None)
+    assert [r["human_labels"] for r in result.metrics] == [5, 6] and result.summary["audit_labels"] == 6
+    assert result.summary["human_labels"] == 12 and [r["asked"] for r in result.metrics] == [5, 1]

@@ -14,11 +14,14 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from rlthf.annotation_page import create_app, dialogue_turns, serve
-from rlthf.annotators import AnnotationPending, FileQueueAnnotator, read_answer_records, read_answers
+from rlthf.annotation.page import create_app, serve
+from rlthf.core.dialogue import dialogue_turns
+from rlthf.annotation.annotators import AnnotationPending, FileQueueAnnotator
+from rlthf.annotation.store import read_answer_records, read_answers
 from rlthf.config import load_config
 from rlthf.data import read_pairs
-from rlthf.rundir import read_jsonl
+from rlthf.rundir import RunDir, read_jsonl
+from rlthf.run.steps import AUDIT_ITERATION
 from tests.conftest import REPO
 from tests.judge_servers import free_port
 
@@ -46,7 +49,8 @@ def shown_pair(html: str) -> tuple[str, str]:
 
 def answer(client, html, choice, comment=""):
     pid, shown = shown_pair(html)
-    response = client.post("/answer", data={"iteration": "1", "id": pid, "shown": shown, "choice": choice,
+    iteration = re.search(r'name="iteration" value="(\d+)"', html).group(1)
+    response = client.post("/answer", data={"iteration": iteration, "id": pid, "shown": shown, "choice": choice,
                                             "comment": comment}, follow_redirects=True)
     return pid, shown, response.get_data(as_text=True)
 
@@ -156,6 +160,38 @@ def test_token_is_required_when_set(tmp_path, hh_pairs):
         serve(tmp_path, host="0.0.0.0", port=free_port())
 
 
+def test_undo_is_refused_once_the_run_recorded_the_step_that_read_the_answers(tmp_path, hh_pairs):
+    open_batch(tmp_path, hh_pairs.iloc[:2])
+    client = create_app(tmp_path, seed=0).test_client()
+    pid, _, _ = answer(client, client.get("/?annotator=ann").get_data(as_text=True), "left")
+    RunDir(tmp_path).mark_done("iter_1/select")  # another step of the iteration: the answers are still open
+    RunDir(tmp_path).mark_done("iter_0/validate")
+    page = client.post("/undo", follow_redirects=True).get_data(as_text=True)
+    assert "undone" in page and pid not in read_answers(tmp_path, 1)
+    answer(client, page, "left")
+    RunDir(tmp_path).mark_done("iter_1/annotate")
+    page = client.post("/undo", follow_redirects=True).get_data(as_text=True)
+    assert "already taken this batch" in page and pid in read_answers(tmp_path, 1)
+
+    open_batch(tmp_path, hh_pairs.iloc[2:3], iteration=AUDIT_ITERATION)  # the audit at the end of the run
+    pid, _, _ = answer(client, client.get("/").get_data(as_text=True), "left")
+    RunDir(tmp_path).mark_done("final/audit")
+    assert "already taken" in client.post("/undo", follow_redirects=True).get_data(as_text=True)
+    assert pid in read_answers(tmp_path, AUDIT_ITERATION)
+
+
+def test_before_the_first_request_the_page_says_the_run_prepares_it(tmp_path, hh_pairs):
+    response = create_app(tmp_path).test_client().get("/?annotator=ann")
+    assert response.status_code == 404 and "start the run" in response.get_data(as_text=True)
+    served = create_app(tmp_path, run_waits=True).test_client()
+    html = served.get("/?annotator=ann").get_data(as_text=True)
+    assert "preparing its first batch" in html and 'http-equiv="refresh"' in html
+    open_batch(tmp_path, hh_pairs.iloc[:1])
+    page = served.get("/").get_data(as_text=True)  # the same page serves the request as soon as it is there
+    _, _, page = answer(served, page, "left")
+    assert "This batch is complete" in page and "next batch shows here" in page and 'http-equiv="refresh"' in page
+
+
 # the real server in a browser
 
 def start_server(run_dir, port) -> subprocess.Popen:
@@ -200,15 +236,18 @@ def test_browser_escapes_script_as_text(browser, tmp_path, hh_pairs):
     finally:
         server.kill()
         server.wait()
+    said = server.stdout.read().decode()
+    assert "annotation page" in said and "development server" not in said  # waitress, not Flask's own server
 
 
 def test_browser_batch_survives_a_server_kill_and_the_run_resumes(browser, ray_local, tmp_path, hh_rlhf_path,
                                                                     embedding_cache):
-    from rlthf.loop import run
+    from rlthf.run.driver import run
 
     config = load_config(REPO / "configs/demo.yaml", [
         f"output_dir={tmp_path / 'run'}", f"data.path={hh_rlhf_path}", "data.max_pairs=500",
-        f"reward.cache_dir={embedding_cache}", "selection.iterations=0", "annotation.annotator=file_queue"])
+        f"reward.cache_dir={embedding_cache}", "selection.iterations=0", "annotation.annotator=file_queue",
+        "annotation.audit_fraction=0"])  # one batch: the eyes-off validation
     with pytest.raises(AnnotationPending) as pending:  # the eyes-off validation waits for people
         run(config, echo=lambda _: None)
     assert pending.value.iteration == 0

@@ -9,9 +9,10 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from rlthf.annotators import (AnnotationPending, FileQueueAnnotator, InvalidAnswer, SimulatedHuman, answers_path,
-                              import_answers, read_answers, request_path)
-from rlthf.data import hash_unit
+from rlthf.annotation.annotators import AnnotationPending, FileQueueAnnotator, SimulatedHuman
+from rlthf.annotation.store import InvalidAnswer, answers_path, read_answers, request_path
+from rlthf.annotation.importing import import_answers
+from rlthf.core.labels import hash_unit
 from rlthf.rundir import RunDir, read_jsonl
 
 IDS = [f"pair{i:02d}" for i in range(6)]

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-import rlthf.loop
+import rlthf.run.driver
+import rlthf.run.steps
 from rlthf.cli import EXIT_BAD_INPUT, main
 from tests.conftest import REPO
 
@@ -25,7 +26,8 @@ MISMATCHED = {"chosen": "\n\nHuman: What time is it?\n\nAssistant: Noon.",
 def no_ray(monkeypatch):
     """Replace the loop's Ray start-up by a recorder: these tests must fail before Ray could matter."""
     calls = []
-    monkeypatch.setattr(rlthf.loop, "init_ray", lambda config: calls.append(config))
+    for module in (rlthf.run.driver, rlthf.run.steps):
+        monkeypatch.setattr(module, "init_ray", lambda config: calls.append(config))
     return calls
 
 
@@ -116,7 +118,7 @@ def test_config_can_change_after_a_run_that_did_nothing(tmp_path, capsys, no_ray
     def prepare(*args, **kwargs):
         raise ReachedPrepare
 
-    monkeypatch.setattr(rlthf.loop, "prepare", prepare)
+    monkeypatch.setattr(rlthf.run.driver, "prepare", prepare)
     with pytest.raises(ReachedPrepare):
         main(["run", "--config", config, "--set", "data.on_invalid=skip"])
 

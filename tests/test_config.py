@@ -307,3 +307,45 @@ def test_dict_type_message_starts_with_the_key():
 
 def test_dict_type_message_is_readable():
     assert "<class" not in config_error(["reward.deepspeed=3"])
+
+
+# Data groups and AI labels that come with the data (issue 12)
+
+def test_group_and_column_label_defaults():
+    config = load_config(None)
+    assert config.data.group_column == "prompt"
+    assert config.ai_labels.source == "simulated"
+    assert config.ai_labels.column == "judge_label" and config.ai_labels.swapped_column is None
+
+
+def test_column_labels_and_groups_load():
+    config = load_config(None, ["ai_labels.source=column", "ai_labels.column=verdict",
+                                "ai_labels.swapped_column=verdict_swapped", "data.group_column=question_id"])
+    assert (config.ai_labels.source, config.ai_labels.column, config.ai_labels.swapped_column) == (
+        "column", "verdict", "verdict_swapped")
+    assert config.data.group_column == "question_id"
+    assert load_config(None, ["data.group_column=id"]).data.group_column == "id"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.group_column=3", "data.group_column: expected a string, got 3"),
+    ("data.group_column=null", "data.group_column: expected a string, got None"),
+    ("data.group_column=' '", "data.group_column: must name a column"),
+    ("data.group_column=label", "data.group_column: 'label' is a label column rlthf sets itself, not a group"),
+    ("ai_labels.column=''", "ai_labels.column: must name a column"),
+    ("ai_labels.column=null", "ai_labels.column: expected a string, got None"),
+    ("ai_labels.swapped_column=''", "ai_labels.swapped_column: must name a column"),
+    ("ai_labels.swapped_column=judge_label", "ai_labels.swapped_column: must differ from ai_labels.column"),
+    ("ai_labels.column=id", "ai_labels.column: 'id' is a pair column, not an AI label column (a record's own id, "
+                            "human_label or label_source field is read as record_id, record_human_label, ...)"),
+    ("ai_labels.swapped_column=human_label", "ai_labels.swapped_column: 'human_label' is a pair column, not an AI "
+     "label column (a record's own id, human_label or label_source field is read as record_id, "
+     "record_human_label, ...)"),
+])
+def test_group_and_label_column_errors_name_the_key(override, message):
+    assert config_error([override]) == message
+
+
+def test_ai_label_source_names_every_choice():
+    message = config_error(["ai_labels.source=file"])
+    assert message == "ai_labels.source: expected one of 'simulated', 'judge', 'column', got 'file'"

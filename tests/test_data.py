@@ -1,20 +1,29 @@
 """Loading preference pairs: the real HH-RLHF file, every kind of bad record, the pairs format, splits."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
 import logging
+import os
 import pickle
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rlthf.data import (PAIR_COLUMNS, InvalidRecord, choose_shard, hash_unit, load_pairs, pair_id, read_pairs,
-                        split_test)
+from rlthf.config import ConfigError, load_config
+from rlthf.core.labels import PAIR_COLUMNS, combine_orders, hash_unit
+from rlthf.data import (InvalidRecord, MissingColumnError, choose_shard, column_ai_labels, load_pairs, pair_id,
+                        read_configured_pairs, read_pairs, split_and_shard, split_test)
 from rlthf.rundir import read_jsonl
+from tests.conftest import REPO
+
+VICUNA_EXTRAS = ("record_id", "question_id", "category", "model_a", "model_b", "human_votes", "judge_label",
+                 "judge_label_swapped", "judge")
 
 # What the real file holds that cannot be a pair: four empty chosen responses, five rejected transcripts whose
 # dialogue before the last assistant turn differs from the chosen one's.
@@ -318,3 +327,247 @@ def test_load_pairs_to_ray_and_rejected_file(ray_local, hh_rlhf_path, tmp_path, 
     assert [(r["line"], r["field"]) for r in read_jsonl(rejected_path)] == HH_REJECTED
     warnings = [r for r in caplog.records if r.name == "rlthf" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "skipped 9 invalid records" in warnings[0].getMessage()
+
+
+# Extra columns of the pairs format
+
+def test_extra_columns_kept_after_the_pair_columns(tmp_path):
+    rows = [
+        {"id": "r1", "prompt": "p1", "response_a": "x1", "response_b": "y1", "label": "a", "topic": "math",
+         "votes": {"a": 2, "b": 1}, "turns": [1, 2], "score": 0.5, "n": 3, "ok": True},
+        {"id": "r2", "prompt": "p2", "response_a": "x2", "response_b": "y2", "n": None, "late": "only here"},
+    ]
+    write_lines(tmp_path / "extra.jsonl", rows)
+    pairs, rejected = read_pairs(tmp_path / "extra.jsonl")
+    assert rejected == []
+    extras = ("record_id", "topic", "votes", "turns", "score", "n", "ok", "late")
+    assert tuple(pairs.columns) == PAIR_COLUMNS + extras
+    # The record's own id is kept beside rlthf's content hash, which stays the pair id.
+    assert pairs["record_id"].tolist() == ["r1", "r2"]
+    assert pairs["id"].tolist() == [pair_id("p1", "x1", "y1"), pair_id("p2", "x2", "y2")]
+    assert pairs["votes"].tolist() == ['{"a": 2, "b": 1}', None] and pairs["turns"][0] == "[1, 2]"
+    assert pairs["topic"].tolist() == ["math", None] and pairs["late"].tolist() == [None, "only here"]
+    assert str(pairs["n"].dtype) == "Int64" and pairs["n"][0] == 3 and pairs["n"].isna()[1]
+    assert pairs["score"][0] == 0.5 and np.isnan(pairs["score"][1])
+    # Every column writes to Parquet and comes back (a null as pandas reads it back: NaN in a text column).
+    pairs.to_parquet(tmp_path / "extra.parquet")
+    back = pd.read_parquet(tmp_path / "extra.parquet")
+    assert tuple(back.columns) == PAIR_COLUMNS + extras
+    assert back["votes"][0] == pairs["votes"][0] and back["votes"].isna()[1]
+    assert back["n"][0] == 3 and back["ok"][0] == True and back["ok"].isna()[1]  # noqa: E712 (a numpy bool)
+
+
+def test_extra_fields_never_overwrite_pair_columns(tmp_path):
+    row = {"prompt": "p", "response_a": "x", "response_b": "y", "label": "b", "human_label": "a",
+           "label_source": "gpt", "id": 7, "record_id": "taken"}
+    write_lines(tmp_path / "clash.jsonl", [row])
+    pairs, _ = read_pairs(tmp_path / "clash.jsonl")
+    first = pairs.iloc[0]
+    assert (first["id"], first["human_label"], first["label"], first["label_source"]) == (
+        pair_id("p", "x", "y"), "b", None, None)
+    assert (first["record_human_label"], first["record_label_source"]) == ("a", "gpt")
+    assert (first["record_id"], first["record_record_id"]) == ("taken", 7)
+
+
+def test_mixed_types_become_text_so_parquet_can_hold_them(tmp_path):
+    rows = [{"prompt": f"p{i}", "response_a": "x", "response_b": "y", "mixed": value}
+            for i, value in enumerate([3, "three", True, None, 2.5])]
+    write_lines(tmp_path / "mixed.jsonl", rows)
+    pairs, _ = read_pairs(tmp_path / "mixed.jsonl")
+    assert pairs["mixed"].tolist() == ["3", "three", "true", None, "2.5"]
+    pairs.to_parquet(tmp_path / "mixed.parquet")
+
+
+def test_parquet_and_chosen_rejected_records_keep_extras(tmp_path):
+    rows = [{"prompt": f"q{i}", "chosen": f"good{i}", "rejected": f"bad{i}", "label": "a", "source": "s"}
+            for i in range(3)]
+    pd.DataFrame(rows).to_parquet(tmp_path / "cr.parquet")
+    pairs, _ = read_pairs(tmp_path / "cr.parquet")
+    # chosen, rejected and the label beside them made the pair; the rest is kept.
+    assert tuple(pairs.columns) == PAIR_COLUMNS + ("source",)
+
+
+def test_transcripts_keep_exactly_the_pair_columns(tmp_path):
+    write_lines(tmp_path / "hh.jsonl", [dict(GOOD_HH, id="h1", extra=1)])
+    pairs, _ = read_pairs(tmp_path / "hh.jsonl", format="hh_rlhf")
+    assert tuple(pairs.columns) == PAIR_COLUMNS
+
+
+# AI labels that come with the data
+
+def ai_row(i, **fields):
+    return {"prompt": f"p{i}", "response_a": f"x{i}", "response_b": f"y{i}", **fields}
+
+
+def test_label_columns_accept_a_b_tie_null_in_any_case(tmp_path):
+    values = ["a", "B", "tie", "TIE", None]
+    rows = [ai_row(i, verdict=v) for i, v in enumerate(values)] + [ai_row(9)]  # the last has no verdict field
+    write_lines(tmp_path / "ai.jsonl", rows)
+    pairs, rejected = read_pairs(tmp_path / "ai.jsonl", label_columns=["verdict"])
+    assert rejected == []
+    assert pairs["verdict"].tolist() == ["a", "b", "tie", "tie", None, None]
+    label, consistent = combine_orders(pairs["verdict"])
+    assert label.tolist() == ["a", "b", None, None, None, None] and not consistent.any()  # tie/null: unlabelled
+
+
+@pytest.mark.parametrize("value", ["c", "", " a", "Response A", 1, True, ["a"]], ids=repr)
+def test_label_column_bad_value_names_line_and_field(tmp_path, value):
+    write_lines(tmp_path / "ai.jsonl", [ai_row(1, verdict="a"), ai_row(2, verdict=value), ai_row(3, verdict="b")])
+    message = f"ai.jsonl:2: field 'verdict': expected 'a', 'b', 'tie' or null (in any case), got {value!r}"
+    pairs, rejected = read_pairs(tmp_path / "ai.jsonl", label_columns=("verdict",))
+    assert pairs["verdict"].tolist() == ["a", "b"]
+    assert [str(r) for r in rejected] == [message]
+    with pytest.raises(InvalidRecord) as info:
+        read_pairs(tmp_path / "ai.jsonl", label_columns=("verdict",), on_invalid="error")
+    assert str(info.value) == message
+
+
+def test_label_column_missing_everywhere_or_a_pair_column(tmp_path):
+    write_lines(tmp_path / "ai.jsonl", [ai_row(1, verdict="a")])
+    with pytest.raises(MissingColumnError) as info:
+        read_pairs(tmp_path / "ai.jsonl", label_columns=("verdict", "verdict_swapped"))
+    assert str(info.value) == ("ai.jsonl: no pair has the AI label column 'verdict_swapped'; the pairs have id, "
+                               "prompt, response_a, response_b, human_label, label, label_source, verdict")
+    with pytest.raises(ValueError, match="'label' is a pair column, not an AI label column"):
+        read_pairs(tmp_path / "ai.jsonl", label_columns=("label",))
+    with pytest.raises(TypeError, match="not one string"):
+        read_pairs(tmp_path / "ai.jsonl", label_columns="verdict")
+
+
+COMBINE_TABLE = [  # first, swapped -> label, consistent
+    ("a", "a", "a", True), ("b", "b", "b", True),
+    ("a", "b", None, False), ("b", "a", None, False),
+    ("a", "tie", "a", False), ("a", None, "a", False), ("tie", "b", "b", False), (None, "a", "a", False),
+    ("tie", "tie", None, False), (None, None, None, False), ("tie", None, None, False), (float("nan"), "b", "b", False),
+]
+
+
+def test_combine_orders_truth_table():
+    first, swapped, label, consistent = (list(column) for column in zip(*COMBINE_TABLE))
+    got_label, got_consistent = combine_orders(first, swapped)
+    assert got_label.tolist() == label and got_consistent.tolist() == consistent
+    assert got_label.dtype == object and got_consistent.dtype == bool
+    # One column: its a/b as they are, nothing consistent (only one order was asked).
+    one_label, one_consistent = combine_orders(["a", "b", "tie", None])
+    assert one_label.tolist() == ["a", "b", None, None] and one_consistent.tolist() == [False] * 4
+    empty_label, empty_consistent = combine_orders([], [])
+    assert empty_label.shape == empty_consistent.shape == (0,)
+
+
+def test_combine_orders_rejects_what_is_no_verdict():
+    with pytest.raises(ValueError, match=r"^swapped\[1\]: expected 'a', 'b', 'tie' or None, got 'A'$"):
+        combine_orders(["a", "b"], ["a", "A"])
+    with pytest.raises(ValueError, match="differ in length: 2 and 1"):
+        combine_orders(["a", "b"], ["a"])
+    with pytest.raises(TypeError):
+        combine_orders("ab")
+
+
+def test_column_ai_labels_in_the_shape_of_a_judges_labels():
+    pairs = pd.DataFrame({"id": list("pqrst"), "first": ["a", "a", "b", "tie", None],
+                          "swapped": ["a", "b", None, "tie", "b"]})
+    both = load_config(None, ["ai_labels.source=column", "ai_labels.column=first",
+                              "ai_labels.swapped_column=swapped"]).ai_labels
+    labels = column_ai_labels(pairs, both)
+    assert labels.columns.tolist() == ["id", "label", "consistent", "confidence"]
+    assert labels["label"].tolist() == ["a", None, "b", None, "b"]
+    assert labels["consistent"].tolist() == [True, False, False, False, False]
+    assert labels["confidence"].tolist() == ["consistent", "inconsistent", "single", "failed", "single"]
+    one = column_ai_labels(pairs, dataclasses.replace(both, swapped_column=None))
+    assert one["label"].tolist() == ["a", "a", "b", None, None]
+    assert one["confidence"].tolist() == ["single", "single", "single", "failed", "failed"]
+
+
+# The real vicuna80 file: real GPT-4 labels in both orders beside the human majority
+
+@pytest.fixture(scope="module")
+def vicuna_path(vicuna80_path) -> Path:
+    return vicuna80_path
+
+
+@pytest.fixture(scope="module")
+def vicuna_config(vicuna_path):
+    return load_config(None, [f"data.path={vicuna_path}", "data.group_column=question_id",
+                              "ai_labels.source=column", "ai_labels.swapped_column=judge_label_swapped"])
+
+
+def test_vicuna_loads_with_its_extra_columns(vicuna_path):
+    pairs, rejected = read_pairs(vicuna_path, label_columns=("judge_label", "judge_label_swapped"),
+                                 group_column="question_id")
+    assert rejected == [] and len(pairs) == 1750
+    assert tuple(pairs.columns) == PAIR_COLUMNS + VICUNA_EXTRAS
+    assert pairs["id"].str.fullmatch(r"[0-9a-f]{16}").all() and pairs["id"].is_unique
+    assert pairs["record_id"].str.startswith("vicuna80-q").all() and pairs["record_id"].is_unique
+    assert pairs["question_id"].dtype == np.int64 and pairs["question_id"].nunique() == 80
+    assert set(pairs["human_label"]) == {"a", "b"}  # the record's label: the human majority
+    assert set(pairs["judge_label"]) == {"a", "b"}  # the README: pairs GPT-4 tied in the shown order are left out
+    assert set(pairs["judge_label_swapped"].map(repr)) == {"'a'", "'b'", "'tie'", "None"}
+    assert json.loads(pairs["human_votes"][0]) == {"a": 2, "b": 0, "tie": 1}
+    accuracy = (pairs["judge_label"] == pairs["human_label"]).mean()
+    assert round(accuracy, 3) == 0.701  # as its README says
+
+
+def test_vicuna_configured_read_labels_and_splits(vicuna_config, tmp_path):
+    pairs, rejected = read_configured_pairs(vicuna_config)
+    assert rejected == [] and len(pairs) == 1750
+    ai = column_ai_labels(pairs, vicuna_config.ai_labels)
+    assert ai["id"].tolist() == pairs["id"].tolist()
+    assert int(ai["consistent"].sum()) == 566 + 588  # both orders say a, or both say b
+    assert int(ai["label"].isna().sum()) == 384 + 17  # the orders disagree
+    assert ai["confidence"].value_counts().to_dict() == {"consistent": 1154, "inconsistent": 401, "single": 195}
+    agree = ai["consistent"].to_numpy()
+    assert round((ai["label"][agree] == pairs["human_label"][agree]).mean(), 3) == 0.768  # README: 76.8%
+    # The same from the pairs as a run stores them (Parquet gives NaN, not None, for a missing verdict).
+    pairs.to_parquet(tmp_path / "pairs.parquet")
+    stored = column_ai_labels(pd.read_parquet(tmp_path / "pairs.parquet"), vicuna_config.ai_labels)
+    pd.testing.assert_frame_equal(stored, ai)
+    is_test, in_shard = split_and_shard(pairs, vicuna_config.data, vicuna_config.seed)
+    sides = pd.DataFrame({"q": pairs["question_id"], "side": np.where(is_test, "test", np.where(in_shard, "shard",
+                                                                                                  "rest"))})
+    assert (sides.groupby("q")["side"].nunique() == 1).all()  # each question in one split only
+    assert set(sides["side"]) == {"test", "shard", "rest"} and not (is_test & in_shard).any()
+    assert 0.1 < is_test.mean() < 0.3
+
+
+def test_configured_read_names_the_key_of_a_missing_column(vicuna_config, tmp_path):
+    a = vicuna_config.ai_labels
+    bad_label = dataclasses.replace(vicuna_config, ai_labels=dataclasses.replace(a, column="verdict"))
+    with pytest.raises(ConfigError, match=r"^ai_labels\.column: pairs\.jsonl\.gz: no pair has the AI label column "
+                                          r"'verdict'; the pairs have id, prompt, .*judge_label_swapped, judge$"):
+        read_configured_pairs(bad_label)
+    bad_swapped = dataclasses.replace(vicuna_config, ai_labels=dataclasses.replace(a, swapped_column="swapped"))
+    with pytest.raises(ConfigError, match=r"^ai_labels\.swapped_column: .*'swapped'"):
+        read_configured_pairs(bad_swapped)
+    bad_group = dataclasses.replace(vicuna_config, data=dataclasses.replace(vicuna_config.data, group_column="qid"))
+    with pytest.raises(ConfigError, match=r"^data\.group_column: pairs\.jsonl\.gz: no pair has the group column 'qid'"):
+        read_configured_pairs(bad_group)
+    with pytest.raises(ConfigError, match=r"^data\.group_column: the pairs have no column 'qid'"):
+        split_and_shard(pd.DataFrame({"id": ["x"]}), bad_group.data, 0)
+    with pytest.raises(ConfigError, match=r"^ai_labels\.column: the pairs have no column 'verdict'"):
+        column_ai_labels(pd.DataFrame({"id": ["x"]}), bad_label.ai_labels)
+
+
+def test_group_column_value_missing_rejects_the_record(tmp_path):
+    write_lines(tmp_path / "g.jsonl", [ai_row(1, qid=1), ai_row(2), ai_row(3, qid=None), ai_row(4, qid="q4")])
+    pairs, rejected = read_pairs(tmp_path / "g.jsonl", group_column="qid")
+    assert pairs["qid"].tolist() == ["1", "q4"]  # a string and a number: one text column
+    assert [str(r) for r in rejected] == [
+        f"g.jsonl:{line}: field 'qid': missing or null: every pair needs a group (the group column, "
+        "data.group_column)" for line in (2, 3)]
+    with pytest.raises(InvalidRecord, match=r"^g\.jsonl:2: field 'qid': missing or null"):
+        read_pairs(tmp_path / "g.jsonl", group_column="qid", on_invalid="error")
+    # prompt and id are always there; the transcript format has no other column.
+    assert len(read_pairs(tmp_path / "g.jsonl", group_column="prompt")[0]) == 4
+    with pytest.raises(MissingColumnError, match="no pair has the group column 'qid'"):
+        read_pairs(tmp_path / "g.jsonl", group_column="qid", format="hh_rlhf")
+
+
+def test_vicuna_to_ray_keeps_typed_extra_columns(ray_local, vicuna_path):
+    dataset = load_pairs(vicuna_path, label_columns=("judge_label", "judge_label_swapped"))
+    assert dataset.count() == 1750
+    assert dataset.columns() == list(PAIR_COLUMNS + VICUNA_EXTRAS)
+    types = dict(zip(dataset.schema().names, (str(t) for t in dataset.schema().types)))
+    assert {types[c] for c in PAIR_COLUMNS} == {"string"}
+    assert types["question_id"] == "int64" and types["human_votes"] == "string"
+    first = dataset.take(1)[0]
+    assert first["label"] is None and first["judge_label"] in ("a", "b")

@@ -3,13 +3,14 @@ baselines differ (appendix C.3)."""
 from pathlib import Path
 
 from rlthf.config import load_config
-from rlthf.downstream import METHOD_OVERRIDES, method_config
+from rlthf.studies.baselines import BASELINE_OVERRIDES
+from rlthf.studies.downstream import method_config
 from tests.conftest import REPO
 
 
 def test_label_sets_differ_only_in_selection_and_annotation():
     base = load_config(REPO / "configs/downstream.yaml")
-    configs = {m: method_config(base, m, Path(f"/tmp/x/{m}")) for m in METHOD_OVERRIDES}
+    configs = {m: method_config(base, m, Path(f"/tmp/x/{m}")) for m in BASELINE_OVERRIDES}
     assert configs["rlthf"].selection == base.selection and configs["rlthf"].output_dir == "/tmp/x/rlthf"
     assert configs["ai_only"].selection.iterations == 0 and configs["ai_only"].annotation.eyes_off_min == 0
     assert configs["random"].selection.selector == "random"

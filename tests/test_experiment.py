@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlthf.config import ConfigError
-from rlthf.experiment import (ExperimentConfig, headline, load_experiment, reaches, run_experiment, summary_rows,
-                              write_report)
+from rlthf.studies.experiment import (ExperimentConfig, headline, load_experiment, reaches, run_experiment, summary_rows, write_report)
 
 REPO = Path(__file__).resolve().parents[1]
 REF = {"ai_only": "AI-only", "random": "Random", "human": "Human", "rlthf": "RLTHF"}

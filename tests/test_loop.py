@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from rlthf.annotators import AnnotationPending, SimulatedHuman, import_answers, read_answers
+from rlthf.annotation.annotators import AnnotationPending, SimulatedHuman
+from rlthf.annotation.importing import import_answers
+from rlthf.annotation.store import read_answers
 from rlthf.config import ConfigError, load_config
-from rlthf.loop import run
+from rlthf.run.driver import run
+from rlthf.run.steps import AUDIT_ITERATION
 from tests.conftest import REPO
 
 ITERATIONS = 3
@@ -47,7 +50,17 @@ def test_demo_loop_end_to_end(ray_local, small_config, tmp_path):
     curated = pd.read_parquet(result.curated_path)
     assert list(curated.columns[:3]) == ["prompt", "chosen", "rejected"]
     assert curated["id"].is_unique and len(curated) == result.summary["curated_pairs"]
-    assert (curated["label_source"] == "human").sum() == 17
+    summary = result.summary
+    corpus = len(curated)
+    assert summary["audit_labels"] == summary["audit_pairs"] == -(-corpus * 5 // 100)  # 5% of the corpus
+    assert (curated["label_source"] == "human").sum() == 17 + summary["audit_labels"]
+    for name in ("ai", "rm", "curated"):  # the audit's estimates, each with its 95% interval
+        estimate = summary["estimate"][name]
+        assert 0 <= estimate["low"] <= estimate["value"] <= estimate["high"] <= 1
+    # the simulated AI labels the whole corpus at its calibrated accuracy; the audit's interval covers it
+    assert summary["ai_label_acc_corpus"] == pytest.approx(0.75, abs=0.01)
+    assert summary["estimate"]["ai"]["low"] <= summary["ai_label_acc_corpus"] <= summary["estimate"]["ai"]["high"]
+    assert summary["curation"]["policy"] == "auto" and summary["curated_label_acc"] >= summary["ai_label_acc_corpus"]
     pairs = pd.read_parquet(tmp_path / "run/data/pairs.parquet")
     assert not set(curated["id"]) & set(pairs.loc[pairs["split"] == "test", "id"])  # the test set never leaks
     lines = (tmp_path / "run/metrics.jsonl").read_text().splitlines()
@@ -98,24 +111,29 @@ def test_file_queue_stops_for_people_and_resumes_with_their_answers(ray_local, s
     config = small_config(tmp_path / "run", "annotation.annotator=file_queue", "selection.iterations=1")
     truth = None
     requested = []
-    for iteration, size in ((0, 5), (1, 4)):  # the eyes-off validation, then iteration 1's batch
+    # the eyes-off validation, iteration 1's batch, then the audit: 5% of the corpus, a uniform sample
+    for iteration, size in ((0, 5), (1, 4), (AUDIT_ITERATION, None)):
         with pytest.raises(AnnotationPending) as pending:
             run(config, echo=quiet)
         assert pending.value.iteration == iteration
         request = pd.read_json(pending.value.request_path, lines=True)
-        assert list(request.columns) == ["id", "prompt", "response_a", "response_b"] and len(request) == size
+        assert list(request.columns) == ["id", "prompt", "response_a", "response_b"]
+        corpus = int((pd.read_parquet(tmp_path / "run/data/pairs.parquet")["split"] == "train").sum())
+        assert len(request) == (size or -(-corpus * 5 // 100))
         truth = pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")["truth"]
         answers = tmp_path / f"answers_{iteration}.jsonl"
         answers.write_text("".join(json.dumps({"id": i, "label": truth[i].upper()}) + "\n" for i in request["id"]))
-        assert import_answers(tmp_path / "run", answers) == (iteration, size)
+        assert import_answers(tmp_path / "run", answers) == (iteration, len(request))
         requested += request["id"].tolist()
 
     result = run(config, echo=quiet)
-    labels = pd.read_parquet(tmp_path / "run/iterations/iter_1/labels.parquet").set_index("id")
-    human = labels[labels["label_source"] == "human"]
+    curated = pd.read_parquet(result.curated_path).set_index("id")
+    human = curated[curated["label_source"] == "human"]
     assert sorted(human.index) == sorted(requested)
-    assert (human["label"] == truth[human.index]).all()
-    assert result.metrics[-1]["human_labels"] == 9
+    chosen_is_a = human["chosen"] == pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")[
+        "response_a"].reindex(human.index)
+    assert (chosen_is_a.map({True: "a", False: "b"}) == truth[human.index]).all()
+    assert result.metrics[-1]["human_labels"] == 9 and result.summary["audit_labels"] == len(requested) - 9
 
 
 def test_resuming_with_other_settings_is_refused(ray_local, small_config, tmp_path):

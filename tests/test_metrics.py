@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from rlthf.metrics import TABLE_COLUMNS, format_table, label_accuracy, preference_accuracy, rm_labels, wilson_interval
+from rlthf.core.labels import rm_labels
+from rlthf.run.report import TABLE_COLUMNS, format_table
+from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
 
 
 # wilson_interval

@@ -1,36 +1,44 @@
 """The encoder_head reward backend: the real MiniLM on a Ray Data actor pool, the disk cache, the head."""
+import hashlib
+
 import numpy as np
 import pytest
 
 from rlthf.config import RewardConfig
 from rlthf.reward.common import read_meta
-from rlthf.reward.embeddings import Embedder, EmbeddingCache, embed_missing, text_hash
+from rlthf.reward.embeddings import Embedder, EmbeddingCache, FeatureSpec, embed_missing, text_table
 from rlthf.reward.encoder_head import EncoderHeadReward, HeadScorer
 from tests.conftest import MINILM
 from tests.test_reward_lora import synthetic_pairs
 
 
 def test_embedder_gives_unit_vectors_and_truncates_from_the_left():
-    embed = Embedder(MINILM, max_length=32)
+    embed = Embedder(FeatureSpec(MINILM, 32))
     long_prompt = "Human: " + "tell me about the weather " * 40 + "\n\nAssistant:"
     texts = np.array(["hello there", long_prompt + " Sure.", "hello there"], dtype=object)
     out = embed({"text_hash": np.array(["x", "y", "z"]), "text": texts})
     assert out["embedding"].shape == (3, 384) and out["embedding"].dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out["embedding"], axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(out["embedding"][0], out["embedding"][2], atol=1e-6)
-    ids = embed.tokenizer(long_prompt + " Sure.", truncation=True, max_length=32)["input_ids"]
-    assert embed.tokenizer.decode(ids[-4:-1]) == ": sure."  # the response survives the cut
+    (ids,) = embed.token_ids([long_prompt + " Sure."], [len(long_prompt)])
+    assert len(ids) == 32 and embed.tokenizer.decode(ids[-4:-1]) == ": sure."  # the response survives the cut
+    # the cut is the tokenizer's own left truncation, so caches made before the feature options stay valid
+    assert ids == embed.tokenizer(long_prompt + " Sure.", truncation=True, max_length=32)["input_ids"]
 
 
 def test_cache_embeds_each_text_once_and_persists(ray_local, tmp_path):
-    cache = EmbeddingCache(tmp_path, MINILM, 64)
-    texts = {text_hash(t): t for t in ["one", "two", "three"]}
+    spec = FeatureSpec(MINILM, 64)
+    cache = EmbeddingCache(tmp_path, spec)
+    texts = text_table(spec, ["", "", "", ""], ["one", "two", "three", "two"])
+    assert len(texts) == 3  # each distinct text once
     assert embed_missing(cache, texts, batch_size=2, concurrency=1, cpus_per_actor=1) == 3
     assert embed_missing(cache, texts, batch_size=2, concurrency=1, cpus_per_actor=1) == 0
-    reopened = EmbeddingCache(tmp_path, MINILM, 64)
+    reopened = EmbeddingCache(tmp_path, spec)
     assert len(reopened) == 3
-    np.testing.assert_array_equal(reopened.get(texts), cache.get(texts))
-    assert len(EmbeddingCache(tmp_path, MINILM, 128)) == 0  # another max_length is another cache
+    np.testing.assert_array_equal(reopened.get(texts["text_hash"]), cache.get(texts["text_hash"]))
+    assert len(EmbeddingCache(tmp_path, FeatureSpec(MINILM, 128))) == 0  # another max_length is another cache
+    # the default features keep the cache folder they had before the feature options existed
+    assert cache.dir.name == "embeddings-" + hashlib.sha256(f"{MINILM}|64".encode()).hexdigest()[:12]
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from rlthf.analysis import analyze_curve
-from rlthf.selection import annotation_batch_size, schedule_value, select_pairs, select_random
+from rlthf.core.curve import analyze_curve
+from rlthf.core.selection import annotation_batch_size, schedule_value, select_pairs, select_random
 from tests.test_analysis import three_piece_curve
 
 PERM = np.random.default_rng(1).permutation(200)

@@ -3,10 +3,10 @@ exact expectations on small synthetic data, with known label noise injected."""
 import numpy as np
 import pytest
 
-from rlthf.analysis import analyze_curve
+from rlthf.core.curve import analyze_curve
 from rlthf.config import ConfigError, RewardConfig, load_config
-from rlthf.selection import decayed_schedule, select_pairs
-from rlthf.selectors import committee_disagreement, committee_order, confident_learning_order, uncertainty_order
+from rlthf.core.selection import decayed_schedule, select_pairs
+from rlthf.core.selectors import committee_disagreement, committee_order, confident_learning_order, uncertainty_order
 from tests.test_analysis import three_piece_curve
 
 N = 200
@@ -118,8 +118,8 @@ def test_selector_options_are_validated_with_their_dotted_names():
 
 def test_fold_heads_give_a_committee_and_out_of_fold_margins_that_find_the_errors():
     """Real reward heads (torch) on separable 8-d embeddings with 10 flipped labels."""
-    from rlthf.committee import fold_heads
-    from rlthf.simulation import fold_of
+    from rlthf.reward.heads import fold_heads
+    from rlthf.reward.heads import fold_of
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=8)

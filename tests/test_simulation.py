@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from rlthf.config import RewardConfig
-from rlthf.simulation import (error_probabilities, flip_labels, hardness_scores, label_sign, out_of_fold_margins,
-                              paper_flipped_truth, simulate_ai_labels)
+from rlthf.core.labels import flip_labels, label_sign
+from rlthf.core.simulate import error_probabilities, simulate_ai_labels
+from rlthf.reward.heads import hardness_scores, out_of_fold_margins, paper_flipped_truth
 
 
 def alternating_truth(n: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from rlthf.config import ConfigError, load_config
-from rlthf.tune import TuneSettings, load_tune, run_tune, trial_config
+from rlthf.studies.tune import TuneSettings, load_tune, run_tune, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,9 +43,9 @@ def test_a_short_sweep_reports_every_iteration_and_writes_the_best_schedule(ray_
     out = run_tune(settings, echo=lambda _: None)
     rows = out["rows"]
     assert out["errors"] == 0 and len(rows) == 2
-    for row in rows:  # a 39-pair shard: 5 eyes-off labels, then round(0.1 * 39) = 4 per iteration
+    for row in rows:  # a 40-pair shard (whole prompts): 5 eyes-off labels, then round(0.1 * 40) = 4 per iteration
         assert row["iterations"] == row["iterations_run"] == 1 and row["params"]["batch"] == 0.1
-        assert row["human_pct_shard"] == pytest.approx(100 * (5 + 4 * row["iterations_run"]) / 39)
+        assert row["human_pct_shard"] == pytest.approx(100 * (5 + 4 * row["iterations_run"]) / 40)
     best = load_config(tmp_path / "best_config.yaml")
     p = out["best"]["params"]
     assert best.selection.iterations == 1 and best.selection.backoff[0] == round(p["beta_start"], 4)

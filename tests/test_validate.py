@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from rlthf.annotators import SimulatedHuman
+from rlthf.annotation.annotators import SimulatedHuman
 from rlthf.config import load_config
-from rlthf.loop import validate_step
+from rlthf.run.steps import validate_step
 from rlthf.rundir import RunDir
 
 N = 60

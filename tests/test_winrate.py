@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from rlthf.config import JudgeConfig, WinRateConfig, load_config
-from rlthf.winrate import RANKING_SYSTEM, TEMPLATES, parse_ranking, ranking_requests, win_rate
+from rlthf.judges.parse import parse_ranking
+from rlthf.policy.winrate import RANKING_SYSTEM, TEMPLATES, ranking_requests, win_rate
 
 RANK_1_FIRST = "[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]"
 
@@ -116,7 +117,7 @@ def test_config_sections_fail_with_their_dotted_key():
 
 
 def test_logprob_ranking_judge_on_a_plain_batch_reads_the_rank_token():
-    from rlthf.winrate import RankingJudge
+    from rlthf.policy.winrate import RankingJudge
 
     judge = RankingJudge(JudgeConfig(mode="logprob"))
     prompts = pd.DataFrame({"prompt_id": ["p"], "prompt": ["\n\nHuman: What is 2 + 2?\n\nAssistant:"]})

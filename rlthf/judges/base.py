@@ -4,7 +4,9 @@ A *request* asks the judge about one pair in one order. Order ``"ab"`` shows ``r
 ``response_b`` as Response B; order ``"ba"`` swaps them, so that position bias can be measured. A backend is a
 Ray Data callable class: ``__init__(config: JudgeConfig)`` loads the model or the client once per actor, and
 ``__call__(batch)`` maps a batch of requests to a batch of verdicts, one per request, in the same order, never
-raising for one bad request (the failure goes into ``error``).
+raising for one bad request (the failure goes into ``error``). Answers are read through
+:func:`rlthf.judges.parse.safe_parse`, so that not even a parser bug fails the batch: it is that pair's parse
+failure, its raw answer kept.
 
 Request columns (numpy arrays of equal length)::
 

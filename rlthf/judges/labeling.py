@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rlthf.cluster.actors import map_on_actor_pool
 from rlthf.config import JudgeConfig
 from rlthf.judges.base import REQUEST_COLUMNS, VERDICT_COLUMNS, cost
 
@@ -60,15 +61,7 @@ def run_judge(requests: pd.DataFrame, config: JudgeConfig):
 
         ds = vllm_verdicts(ds, config)
     else:
-        ds = ds.map_batches(
-            backend_class(config.backend),
-            fn_constructor_kwargs={"config": config},
-            compute=ray.data.ActorPoolStrategy(size=config.num_actors),
-            num_cpus=config.cpus_per_actor,
-            num_gpus=config.gpus_per_actor or None,
-            batch_size=config.batch_size,
-            batch_format="numpy",
-        )
+        ds = map_on_actor_pool(ds, backend_class(config.backend), {"config": config}, config)
     return ds.iter_batches(batch_size=None, batch_format="numpy")
 
 

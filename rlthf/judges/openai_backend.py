@@ -22,7 +22,7 @@ import openai
 
 from rlthf.config import ConfigError, JudgeConfig
 from rlthf.judges.base import verdict_batch
-from rlthf.judges.parse import parse_preference
+from rlthf.judges.parse import parse_preference, safe_parse
 
 log = logging.getLogger("rlthf")
 
@@ -78,6 +78,7 @@ class OpenAIJudge:
                 temperature=self.config.temperature,
                 max_tokens=self.config.max_new_tokens,
             )
+            return _answer(response)  # inside the try: a malformed response fails this request only
         except openai.APIStatusError as err:  # the client's retries are spent, or the status is not retried
             status = err.status_code
             return _failure(f"{type(err).__name__}: {status}", retryable=status in TRANSIENT_4XX or status >= 500)
@@ -85,7 +86,6 @@ class OpenAIJudge:
             return _failure(f"{type(err).__name__}: {err.message}", retryable=True)
         except Exception as err:  # a malformed response and the like: this request fails, the batch goes on
             return _failure(f"{type(err).__name__}: {self._redact(str(err))[:200]}", retryable=False)
-        return _answer(response)
 
     def _redact(self, text: str) -> str:
         key = self.client.api_key
@@ -98,7 +98,7 @@ def _answer(response) -> dict:
     choice = choices[0] if choices else None
     message = getattr(choice, "message", None)
     content = getattr(message, "content", None) or ""
-    preference = parse_preference(content) or ""
+    preference = safe_parse(parse_preference, content) or ""
     error = ""
     if not preference:
         error = TRUNCATED if getattr(choice, "finish_reason", None) == "length" else UNPARSEABLE

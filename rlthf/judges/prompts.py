@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.config import JudgeConfig
+from rlthf.core import dialogue
 from rlthf.judges.base import ORDERS, REQUEST_COLUMNS, request_key
 
 # Bump when the code that renders a prompt changes in a way the rendered template alone does not show (for
@@ -69,8 +70,7 @@ INSTRUCTIONS = """\
 rationale: <Your concise reasoning>
 preference: "Response A" or "Response B\""""
 
-HUMAN_TURN = "Human:"
-ASSISTANT_TURN = "Assistant:"
+HUMAN_TURN, ASSISTANT_TURN = dialogue.HUMAN_TURN.strip(), dialogue.ASSISTANT_TURN.strip()  # "Human:", "Assistant:"
 CUT_MARK = "..."
 
 

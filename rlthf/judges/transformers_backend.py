@@ -36,7 +36,7 @@ import numpy as np
 
 from rlthf.config import JudgeConfig
 from rlthf.judges.base import verdict_batch
-from rlthf.judges.parse import parse_logprobs, parse_preference
+from rlthf.judges.parse import parse_logprobs, parse_preference, safe_parse
 from rlthf.judges.prompts import ANSWER_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class TransformersJudge:
                     errors[i], retryable[i] = _describe(err), _transient(err)
         preference = []
         for i in range(n):
-            choice = parse_logprobs(*scores[i]) if not errors[i] else None
+            choice = safe_parse(parse_logprobs, *scores[i]) if not errors[i] else None
             if choice is None and not errors[i]:
                 errors[i] = "no preference: the log-probabilities of A and B are equal or not finite"
             preference.append(choice or "")
@@ -214,7 +214,7 @@ class TransformersJudge:
                     errors[i], retryable[i] = _describe(err), _transient(err)
         preference = []
         for i in range(n):
-            choice = parse_preference(texts[i]) if not errors[i] else None
+            choice = safe_parse(parse_preference, texts[i]) if not errors[i] else None
             if choice is None and not errors[i]:
                 errors[i] = UNPARSEABLE
             preference.append(choice or "")

@@ -41,11 +41,11 @@ def vllm_verdicts(requests, config: JudgeConfig):
 
 
 def _verdict_row(row: dict) -> dict:
-    from rlthf.judges.parse import parse_preference
+    from rlthf.judges.parse import parse_preference, safe_parse
 
     failure = row.get("__inference_error__") or ""
     text = row.get("generated_text") or ""
-    preference = "" if failure else (parse_preference(text) or "")
+    preference = "" if failure else (safe_parse(parse_preference, text) or "")
     error = failure or ("" if preference else "unparseable answer")
     return {
         "key": row["key"], "pair_id": row["pair_id"], "order": row["order"], "preference": preference,

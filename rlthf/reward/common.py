@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from rlthf.data import hash_unit
+from rlthf.core.labels import checked_labels, hash_unit
 
 CHECKPOINT_META = "rlthf_checkpoint.json"
 
@@ -26,14 +26,6 @@ def reward_text(prompt: str, response: str) -> str:
     dialogue reads on into the response; tokenizers truncate it from the left, keeping the latest turns."""
     return prompt + response
 
-
-def checked_labels(label) -> np.ndarray:
-    """A label column as a str array of 'a'/'b'; anything else is an error naming the first bad value."""
-    values = np.asarray(label, dtype=object)
-    bad = [v for v in values if v not in ("a", "b")]
-    if bad:
-        raise ValueError(f"label must be 'a' or 'b', got {bad[0]!r}")
-    return values.astype(str)
 
 
 def chosen_rejected(prompt, response_a, response_b, label):

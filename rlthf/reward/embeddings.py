@@ -1,15 +1,23 @@
 """Frozen-backbone embeddings of prompt + response, computed once by a Ray Data actor pool and cached on disk.
 
-The cache is keyed by (model, max_length) and by the sha256 of the text, so the same text is never embedded
-twice: not across iterations, not across the shard, test set and corpus, and not across runs that share
+What a text's feature vector is comes from a :class:`FeatureSpec`: the backbone (MiniLM, or a decoder such as
+SmolLM2 from a GGUF file), which hidden layers are pooled (mean or last token) and concatenated, whether each is
+L2-normalised, and how prompt + response is cut to ``max_length``. The backbone runs only up to the deepest
+layer asked for.
+
+The cache is keyed by the spec and by the sha256 of the text, so the same text is never embedded twice: not
+across iterations, not across the shard, test set and corpus, and not across runs that share
 ``reward.cache_dir``. New embeddings are written in parts as they arrive, so a crash loses at most one part.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -27,45 +35,229 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-class Embedder:
-    """Ray Data callable class: mean-pooled, L2-normalised embeddings (all-MiniLM-L6-v2's own pooling).
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How a text becomes a feature vector; the ``encoder_head`` fields of :class:`~rlthf.config.RewardConfig`
+    (whose help is their documentation). The defaults are all-MiniLM-L6-v2's own sentence embedding."""
 
-    The model loads once per actor in ``__init__``; ``__call__`` takes ``{"text_hash", "text"}`` and returns
-    ``{"text_hash", "embedding"}``. It works on a plain dict batch too, without Ray.
+    model: str
+    max_length: int
+    gguf_file: str | None = None
+    layers: tuple[int | str, ...] = ("last",)
+    pooling: str = "mean"
+    normalize: bool = True
+    truncation: str = "left"
+
+    def __post_init__(self) -> None:
+        # -1 and 'last' are one layer: one spelling keeps one cache (and the default key of older caches)
+        object.__setattr__(self, "layers", tuple("last" if x == -1 else x for x in self.layers))
+        if self.pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {self.pooling!r}")
+        if self.truncation not in ("left", "keep_response"):
+            raise ValueError(f"truncation must be 'left' or 'keep_response', got {self.truncation!r}")
+
+    @classmethod
+    def from_config(cls, config) -> FeatureSpec:
+        return cls(model=config.model, max_length=config.max_length, gguf_file=config.gguf_file,
+                   layers=tuple(config.layers), pooling=config.pooling, normalize=config.normalize,
+                   truncation=config.truncation)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether the features are the mean-pooled, normalised last layer, cut from the left (export can
+        rebuild those with stock transformers)."""
+        return self == FeatureSpec(self.model, self.max_length)
+
+    def cache_key(self) -> str:
+        described = f"{self.model}|{self.max_length}"
+        if not self.is_default:  # the default spec keeps the key it had before these options existed
+            described += (f"|gguf={self.gguf_file}|layers={list(self.layers)}|pooling={self.pooling}"
+                          f"|normalize={self.normalize}|truncation={self.truncation}")
+        return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+    def text_key(self, prompt: str, response: str) -> str:
+        """The cache key of one text. keep_response cuts at the prompt/response boundary, so the boundary is
+        part of the key; left truncation reads only the joined text (and keeps the key older caches have)."""
+        if self.truncation == "keep_response":
+            return text_hash(f"{len(prompt)}:{reward_text(prompt, response)}")
+        return text_hash(reward_text(prompt, response))
+
+
+def hidden_state_index(layer: int | str, num_layers: int) -> int:
+    """The index into transformers' ``hidden_states`` (``num_layers + 1`` entries) that ``layer`` names."""
+    index = {"last": num_layers, "middle": num_layers // 2}.get(layer, layer)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"layer must be an integer, 'middle' or 'last', got {layer!r}")
+    if index < 0:
+        index += num_layers + 1
+    if not 0 <= index <= num_layers:
+        raise ValueError(f"layer {layer!r} is out of range for a model of {num_layers} layers")
+    return index
+
+
+def keep_tokens(offsets, special, prompt_chars: int, budget: int, truncation: str) -> list[int]:
+    """Positions of the tokens kept of one tokenized text: all its special tokens and ``budget`` content tokens.
+
+    ``offsets`` are each token's (start, end) characters and ``special`` its special-tokens flag. A content token
+    belongs to the response when it ends after ``prompt_chars``. left: the last ``budget`` content tokens;
+    keep_response: the response's first ``budget`` tokens, then as many of the prompt's last tokens as fit.
+    """
+    content = [i for i, s in enumerate(special) if not s]
+    if len(content) <= budget:
+        return list(range(len(special)))
+    if truncation == "left":
+        kept = content[len(content) - budget:]
+    else:
+        response = [i for i in content if offsets[i][1] > prompt_chars][:budget]
+        prompt = [i for i in content if offsets[i][1] <= prompt_chars]
+        kept = prompt[len(prompt) - (budget - len(response)):] + response
+    kept_set = set(kept)
+    return [i for i in range(len(special)) if special[i] or i in kept_set]
+
+
+def load_backbone(spec: FeatureSpec):
+    """The tokenizer, the base model (no LM head) in eval mode and its number of layers."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model(spec.model)
+    if spec.gguf_file:
+        path = dequantized_copy(path, spec.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.truncation_side = "left"  # the one cut a caller of the tokenizer gets: keep the response's end
+    model = AutoModel.from_pretrained(path).eval()
+    return tokenizer, model, int(model.config.num_hidden_layers)
+
+
+def dequantized_copy(path: str, gguf_file: str) -> str:
+    """A folder holding a GGUF model dequantised to float32 safetensors, with its tokenizer and config; made
+    once per machine under ``$RLTHF_MODEL_CACHE`` (default ``~/.cache/rlthf/models``). transformers parses a
+    GGUF file for minutes on every load (two minutes for SmolLM2-135M on two busy cores); the copy loads in
+    seconds. A GGUF file that is not local (a hub name) is read as it is."""
+    import transformers
+    from safetensors.torch import save_model
+    from transformers import AutoModel, AutoTokenizer
+
+    source = Path(path) / gguf_file
+    if not source.is_file():
+        return path
+    stat = source.stat()
+    key = text_hash(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}")[:16]
+    root = Path(os.environ.get("RLTHF_MODEL_CACHE", Path.home() / ".cache/rlthf/models"))
+    folder = root / f"{source.stem}-{key}"
+    if (folder / "config.json").is_file():
+        return str(folder)
+    log.info("dequantising %s once into %s", source, folder)
+    staging = root / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    AutoTokenizer.from_pretrained(path, gguf_file=gguf_file).save_pretrained(staging)
+    model = AutoModel.from_pretrained(path, gguf_file=gguf_file)
+    # save_pretrained refuses a model loaded from GGUF; its weights are plain float32 tensors by now
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (staging / "config.json").write_text(json.dumps(config, indent=2))
+    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    try:
+        staging.rename(folder)
+    except OSError:  # another process made it first: theirs is the same
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)
+
+
+def truncate_layers(model, depth: int) -> None:
+    """Drop the blocks after ``depth`` so a forward pass stops there; ``hidden_states[depth]`` is then what the
+    full model gives at that index. A decoder's final norm (applied only to the last hidden state) is dropped
+    too when the last block is."""
+    import torch.nn as nn
+
+    for blocks_path, norm_name in (("layers", "norm"), ("encoder.layer", None), ("h", "ln_f")):
+        owner_path, _, blocks_name = blocks_path.rpartition(".")
+        owner = model.get_submodule(owner_path) if owner_path else model
+        blocks = getattr(owner, blocks_name, None)
+        if isinstance(blocks, nn.ModuleList):
+            break
+    else:
+        raise ValueError(f"{type(model).__name__}: cannot find its blocks to run only {depth} of them")
+    if depth == len(blocks):
+        return
+    setattr(owner, blocks_name, blocks[:depth])
+    if norm_name and hasattr(model, norm_name):
+        setattr(model, norm_name, nn.Identity())
+    model.config.num_hidden_layers = depth  # some versions loop over layers[:config.num_hidden_layers]
+
+
+class Embedder:
+    """Ray Data callable class: the feature vectors of texts under a :class:`FeatureSpec`.
+
+    The backbone loads once per actor in ``__init__`` (on ``device``: 'cpu', 'cuda'), cut after the deepest
+    layer the spec pools.
+    ``__call__`` takes ``{"text_hash", "text"}`` and, for ``keep_response``, ``"prompt_chars"`` (where the
+    response starts in ``text``); it returns ``{"text_hash", "embedding"}``, the pooled layers side by side in
+    float32. It works on a plain dict batch too, without Ray.
     """
 
-    def __init__(self, model: str, max_length: int, num_threads: int = 1) -> None:
+    def __init__(self, spec: FeatureSpec, num_threads: int = 1, device: str = "cpu") -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         torch.set_num_threads(num_threads)
-        path = resolve_model(model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.truncation_side = "left"  # keep the response and the latest turns
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.max_length = max_length
+        self.spec = spec
+        self.device = torch.device(device)
+        self.tokenizer, self.model, num_layers = load_backbone(spec)
+        self.model.to(self.device)
+        self.tokenizer.model_max_length = 1 << 30  # texts are cut here, after tokenizing them whole
+        self.layer_indices = [hidden_state_index(layer, num_layers) for layer in spec.layers]
+        truncate_layers(self.model, max(self.layer_indices))
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
+
+    def token_ids(self, texts: list[str], prompt_chars: list[int]) -> list[list[int]]:
+        """Each text's token ids (with the tokenizer's special tokens) cut to ``max_length``."""
+        enc = self.tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True,
+                             return_special_tokens_mask=True)
+        out = []
+        for ids, offsets, special, chars in zip(enc["input_ids"], enc["offset_mapping"],
+                                                enc["special_tokens_mask"], prompt_chars):
+            budget = self.spec.max_length - sum(special)
+            out.append([ids[i] for i in keep_tokens(offsets, special, chars, budget, self.spec.truncation)])
+        return out
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        enc = self.tokenizer(list(batch["text"]), truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="pt")
+        texts = [str(t) for t in batch["text"]]
+        prompt_chars = batch.get("prompt_chars", np.zeros(len(texts), dtype=int))
+        sequences = self.token_ids(texts, [int(c) for c in prompt_chars])
+        # right padding: a causal model's real tokens never see the pads, and positions count from 0 as unpadded
+        lengths = torch.tensor([len(s) for s in sequences])
+        input_ids = torch.full((len(sequences), int(lengths.max())), self.pad_token_id, dtype=torch.long)
+        for row, ids in enumerate(sequences):
+            input_ids[row, :len(ids)] = torch.tensor(ids)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
         with torch.inference_mode():
-            hidden = self.model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return {"text_hash": np.asarray(batch["text_hash"]), "embedding": pooled.numpy().astype(np.float32)}
+            input_ids, attention_mask, lengths = (t.to(self.device) for t in (input_ids, attention_mask, lengths))
+            hidden_states = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                       output_hidden_states=True).hidden_states
+            pooled = [self.pool(hidden_states[i], attention_mask, lengths) for i in self.layer_indices]
+            features = torch.cat(pooled, dim=-1)
+        return {"text_hash": np.asarray(batch["text_hash"]), "embedding": features.float().cpu().numpy()}
+
+    def pool(self, hidden, attention_mask, lengths):
+        import torch
+
+        if self.spec.pooling == "last":
+            vectors = hidden[torch.arange(len(lengths), device=hidden.device), lengths - 1]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(vectors, dim=-1) if self.spec.normalize else vectors
 
 
 class EmbeddingCache:
-    """Embeddings of one (model, max_length) on disk, as parquet parts under ``root/<key>/``."""
+    """Embeddings of one :class:`FeatureSpec` on disk, as parquet parts under ``root/embeddings-<key>/``."""
 
-    def __init__(self, root: str | Path, model: str, max_length: int) -> None:
-        key = hashlib.sha256(f"{model}|{max_length}".encode()).hexdigest()[:12]
-        self.dir = Path(root) / f"embeddings-{key}"
+    def __init__(self, root: str | Path, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.dir = Path(root) / f"embeddings-{spec.cache_key()}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.model, self.max_length = model, max_length
         self._index: dict[str, int] = {}
         self._rows: list[np.ndarray] = []
         for part in sorted(self.dir.glob("part-*.parquet")):
@@ -97,32 +289,52 @@ class EmbeddingCache:
         return np.stack([self._rows[self._index[h]] for h in hashes])
 
 
-def embed_missing(cache: EmbeddingCache, texts: dict[str, str], *, batch_size: int, concurrency: int,
-                  cpus_per_actor: int, flush_every: int = 512) -> int:
-    """Embed the texts (hash -> text) not yet in ``cache`` through a Ray Data actor pool; returns how many."""
-    # sorted by length, a batch pads to texts of about its own size
-    missing = sorted((h for h in texts if h not in cache), key=lambda h: len(texts[h]))
-    if not missing:
+def text_table(spec: FeatureSpec, prompts, responses) -> pd.DataFrame:
+    """One row per distinct text: ``text_hash`` (the cache key), ``text`` (prompt + response), ``prompt_chars``."""
+    rows = {}
+    for prompt, response in zip(prompts, responses):
+        key = spec.text_key(prompt, response)
+        if key not in rows:
+            rows[key] = (reward_text(prompt, response), len(prompt))
+    return pd.DataFrame({"text_hash": list(rows), "text": [t for t, _ in rows.values()],
+                         "prompt_chars": [c for _, c in rows.values()]})
+
+
+def missing_texts(cache: EmbeddingCache, texts: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``texts`` not in ``cache``, shortest first: a batch then pads to texts of about its own size
+    (characters stand in for tokens)."""
+    missing = texts[[h not in cache for h in texts["text_hash"]]]
+    order = np.argsort(missing["text"].str.len().to_numpy(), kind="stable")
+    return missing.iloc[order].reset_index(drop=True)
+
+
+def embed_missing(cache: EmbeddingCache, texts: pd.DataFrame, *, batch_size: int, concurrency: int,
+                  cpus_per_actor: int, use_gpu: bool = False, flush_every: int = 512) -> int:
+    """Embed the rows of ``texts`` (a :func:`text_table`) not yet in ``cache`` through a Ray Data actor pool
+    (one GPU per actor with ``use_gpu``); returns how many."""
+    frame = missing_texts(cache, texts)
+    if frame.empty:
         return 0
     import ray
 
-    log.info("embedding %d new texts with %s", len(missing), cache.model)
-    frame = pd.DataFrame({"text_hash": missing, "text": [texts[h] for h in missing]})
+    log.info("embedding %d new texts with %s", len(frame), cache.spec.model)
     # one block per flush, so results stream back (and reach the cache) while the rest is still embedding
     ds = ray.data.from_pandas([frame.iloc[i:i + flush_every] for i in range(0, len(frame), flush_every)])
     ds = ds.map_batches(
         Embedder,
-        fn_constructor_kwargs={"model": cache.model, "max_length": cache.max_length, "num_threads": cpus_per_actor},
+        fn_constructor_kwargs={"spec": cache.spec, "num_threads": cpus_per_actor,
+                               "device": "cuda" if use_gpu else "cpu"},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency),
         num_cpus=cpus_per_actor,
+        num_gpus=1 if use_gpu else 0,
         batch_format="numpy",
     )
     pending_h: list[str] = []
     pending_v: list[np.ndarray] = []
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(missing), desc="embed", unit="text", disable=os.environ.get("RLTHF_PROGRESS") == "0") as bar:
+    with tqdm(total=len(frame), desc="embed", unit="text", disable=os.environ.get("RLTHF_PROGRESS") == "0") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             pending_h.extend(batch["text_hash"].tolist())
             pending_v.extend(batch["embedding"])
@@ -132,16 +344,17 @@ def embed_missing(cache: EmbeddingCache, texts: dict[str, str], *, batch_size: i
                 pending_h, pending_v = [], []
     if pending_h:
         cache.add(pending_h, np.stack(pending_v))
-    return len(missing)
+    return len(frame)
 
 
 def pair_embeddings(cache: EmbeddingCache, pairs: pd.DataFrame, *, batch_size: int = 32, concurrency: int = 1,
-                    cpus_per_actor: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of (prompt + response_a) and (prompt + response_b) for every pair, embedding what is missing."""
-    text_a = [reward_text(p, r) for p, r in zip(pairs["prompt"], pairs["response_a"])]
-    text_b = [reward_text(p, r) for p, r in zip(pairs["prompt"], pairs["response_b"])]
-    hash_a = [text_hash(t) for t in text_a]
-    hash_b = [text_hash(t) for t in text_b]
-    texts = dict(zip(hash_a, text_a)) | dict(zip(hash_b, text_b))
-    embed_missing(cache, texts, batch_size=batch_size, concurrency=concurrency, cpus_per_actor=cpus_per_actor)
-    return cache.get(hash_a), cache.get(hash_b)
+                    cpus_per_actor: int = 1, use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Features of (prompt + response_a) and (prompt + response_b) for every pair, embedding what is missing
+    (each distinct text once)."""
+    spec = cache.spec
+    texts = text_table(spec, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]))
+    embed_missing(cache, texts, batch_size=batch_size, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
+                  use_gpu=use_gpu)
+    keys_a = [spec.text_key(p, r) for p, r in zip(pairs["prompt"], pairs["response_a"])]
+    keys_b = [spec.text_key(p, r) for p, r in zip(pairs["prompt"], pairs["response_b"])]
+    return cache.get(keys_a), cache.get(keys_b)

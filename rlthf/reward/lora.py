@@ -22,7 +22,6 @@ latest checkpoint (the run name carries a fingerprint of both); so does a worker
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,9 @@ from typing import Optional
 
 import numpy as np
 
+from rlthf.cluster.train import fit_torch_trainer
 from rlthf.config import RewardConfig
+from rlthf.core.labels import PAIR_TEXT
 from rlthf.models import resolve_model
 from rlthf.reward.common import (
     bradley_terry_loss,
@@ -50,8 +51,8 @@ logger = logging.getLogger(__name__)
 MODEL_DIR = "model"  # under out_dir: adapter (LoRA weights + score head), adapter config, tokenizer
 TRAIN_STATE = "train_state.json"  # in each Ray Train checkpoint: epoch and the metrics history so far
 OPTIMIZER_STATE = "optimizer.pt"  # in each Ray Train checkpoint: optimizer and scheduler (DDP path only)
-TRAIN_COLUMNS = ["id", "prompt", "response_a", "response_b", "label"]
-SCORE_COLUMNS = ["id", "prompt", "response_a", "response_b"]
+SCORE_COLUMNS = list(PAIR_TEXT)
+TRAIN_COLUMNS = SCORE_COLUMNS + ["label"]
 HEAD_NAMES = ("score", "classifier")  # the new head of HF's *ForSequenceClassification models
 DRIVER_ONLY = ("max_failures", "storage_path", "cache_dir")  # RewardConfig fields the workers never read
 
@@ -177,23 +178,8 @@ def train_loop_per_worker(config: dict) -> None:
     tokenizer = load_tokenizer(config["base_model"])
     device = ray.train.torch.get_device()
 
-    start_epoch, history, optimizer_state = 1, [], None
     resume = ray.train.get_checkpoint()
-    if resume is not None:
-        from peft import PeftModel
-
-        with resume.as_directory() as ckpt_dir:
-            ckpt_dir = Path(ckpt_dir)
-            model = PeftModel.from_pretrained(load_base_model(config["base_model"], tokenizer), ckpt_dir,
-                                              is_trainable=True)
-            state = json.loads((ckpt_dir / TRAIN_STATE).read_text())
-            start_epoch, history = state["epoch"] + 1, state["history"]
-            if (ckpt_dir / OPTIMIZER_STATE).exists():
-                optimizer_state = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
-    else:
-        model = new_lora_model(load_base_model(config["base_model"], tokenizer), r=config["lora_r"],
-                               alpha=config["lora_alpha"], dropout=config["lora_dropout"],
-                               target_modules=config["lora_target_modules"])
+    model, start_epoch, history, optimizer_state = _start_model(config, tokenizer, resume)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config["learning_rate"], weight_decay=config["weight_decay"])
@@ -229,6 +215,29 @@ def train_loop_per_worker(config: dict) -> None:
                    "resumed": resume is not None}
         history.append(metrics)
         _report(metrics, module, tokenizer, optimizer, scheduler, history, rank, zero3=_is_zero3(engine))
+
+
+def _start_model(config: dict, tokenizer, resume):
+    """A fresh LoRA model at epoch 1, or the one in ``resume`` (Ray Train's checkpoint) at its next epoch; also the
+    metrics history so far and the optimizer state (None when there is none)."""
+    import torch
+
+    if resume is None:
+        model = new_lora_model(load_base_model(config["base_model"], tokenizer), r=config["lora_r"],
+                               alpha=config["lora_alpha"], dropout=config["lora_dropout"],
+                               target_modules=config["lora_target_modules"])
+        return model, 1, [], None
+    from peft import PeftModel
+
+    with resume.as_directory() as ckpt_dir:
+        ckpt_dir = Path(ckpt_dir)
+        model = PeftModel.from_pretrained(load_base_model(config["base_model"], tokenizer), ckpt_dir,
+                                          is_trainable=True)
+        state = json.loads((ckpt_dir / TRAIN_STATE).read_text())
+        optimizer_state = None
+        if (ckpt_dir / OPTIMIZER_STATE).exists():
+            optimizer_state = torch.load(ckpt_dir / OPTIMIZER_STATE, map_location="cpu", weights_only=True)
+    return model, state["epoch"] + 1, state["history"], optimizer_state
 
 
 def _train_epoch(model, engine, optimizer, scheduler, tokenizer, batches, config: dict, device) -> float:
@@ -367,9 +376,7 @@ class LoraReward:
         """Train on ``train`` (rows ``id, prompt, response_a, response_b, label``), keep the best epoch by
         validation loss in ``out_dir/model`` and describe it in ``out_dir``'s meta file. Returns ``out_dir``."""
         import ray.data
-        import ray.train
-        from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train import CheckpointConfig
 
         cfg = self.config
         out_dir = Path(out_dir).resolve()
@@ -397,28 +404,14 @@ class LoraReward:
             "per_worker_batch": per_worker,
             "total_steps": steps_per_epoch * cfg.epochs,
         }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                         resources_per_worker={"CPU": cfg.cpus_per_worker}),
-            run_config=RunConfig(
-                storage_path=cfg.storage_path or str(out_dir / "ray_train"),
-                name=f"lora-{_fingerprint(df, loop_config)}",
-                # a dead worker (or node) restarts the worker group, which resumes from the last epoch's checkpoint
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                                   checkpoint_score_order="min"),
-            ),
+        result = fit_torch_trainer(
+            train_loop_per_worker, loop_config, what="LoRA reward training", rows=df, name_prefix="lora",
+            storage_path=cfg.storage_path or str(out_dir / "ray_train"), num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, max_failures=cfg.max_failures,
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
             datasets={"train": ray.data.from_pandas(train_df), "val": ray.data.from_pandas(val_df)},
-            dataset_config=DataConfig(datasets_to_split=["train"]),
-        )
-        try:
-            result = trainer.fit()
-        except ray.train.TrainingFailedError as err:
-            raise RuntimeError(f"LoRA reward training failed: {_cause(err)}") from err
-        if getattr(result, "error", None) is not None:  # Ray Train V1 returns the error instead
-            raise RuntimeError(f"LoRA reward training failed: {_cause(result.error)}") from result.error
+            datasets_to_split=["train"])
 
         best_ckpt, best = min(result.best_checkpoints or [], key=lambda cm: cm[1]["val_loss"],
                               default=(None, None))
@@ -470,25 +463,3 @@ class LoraReward:
             num_gpus=1 if cfg.use_gpu else 0,
             udf_modifying_row_count=False,
         )
-
-
-def _fingerprint(df, loop_config: dict) -> str:
-    """Short hash of the training rows and settings: the Ray Train run name, so a relaunched driver resumes its
-    own run and never a run on other data."""
-    import pandas as pd
-
-    h = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes())
-    h.update(json.dumps(loop_config, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:12]
-
-
-def _cause(err: BaseException) -> str:
-    """The worker's own exception inside Ray Train's wrapper, as ``Type: message``."""
-    failures = getattr(err, "worker_failures", None)  # Ray Train V2 WorkerGroupError: {rank: exception}
-    if failures:
-        rank, exc = sorted(failures.items())[0]
-        return f"worker rank {rank}: {_cause(exc)}"
-    inner = getattr(err, "controller_failure", None) or getattr(err, "cause", None) or err.__cause__
-    if inner is not None and inner is not err:
-        return _cause(inner)
-    return f"{type(err).__name__}: {err}"

@@ -1,0 +1,1 @@
+"""Human annotation: the answer log, the annotators, the page, and exchange with labeling tools."""

@@ -1,0 +1,1 @@
+"""The algorithm: numpy and pandas only. Nothing here imports Ray, torch, Flask or anything outside ``core``."""

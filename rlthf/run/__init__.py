@@ -1,0 +1,1 @@
+"""The run driver: the resumable RLTHF loop, its steps and its report."""

@@ -1,0 +1,545 @@
+"""The steps of an RLTHF run (see ``rlthf.run.driver``). Each writes its outputs atomically, then marks itself
+done in ``steps.json``; a finished step loads what it wrote instead of running again."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from rlthf.annotation.annotators import Annotator
+from rlthf.cluster.session import init_ray
+from rlthf.config import RLTHFConfig, SelectionConfig
+from rlthf.core.audit import audit_sample, estimate_accuracy
+from rlthf.core.curation import cross_fitted_labels, curate
+from rlthf.core.curve import analyze_curve
+from rlthf.core.labels import PAIR_TEXT, hash_unit, label_sign, rm_labels
+from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
+from rlthf.core.selection import annotation_batch_size, budget_labels, cap_to_budget, schedule_value, select_pairs, select_random
+from rlthf.core.selectors import (committee_order, confident_learning_order, oracle_order, rlthf_order,
+                                 suspicious_first, uncertainty_order)
+from rlthf.core.simulate import simulate_ai_labels
+from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, initial_labels_frame, preference_pairs,
+                                       with_answers, with_flips)
+from rlthf.data import column_ai_labels, read_configured_pairs, split_and_shard
+from rlthf.reward.backends import committee_reward_config, simulation_reward_config
+from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet
+from rlthf.run.report import plot_curve
+
+log = logging.getLogger("rlthf")
+T = TypeVar("T")
+
+
+def once(rd: RunDir, name: str, compute: Callable[[], dict | None], load: Callable[[], T]) -> T:
+    """The frame of every step: unless step ``name`` is done, ``compute`` writes its outputs atomically and returns
+    what to record of it; the step is then marked done with its wall time. Either way the step's result is what
+    ``load`` reads back from disk, so a resumed run sees exactly what an uninterrupted one saw."""
+    if not rd.done(name):
+        start = time.perf_counter()
+        info = compute() or {}
+        rd.mark_done(name, **{"seconds": time.perf_counter() - start, **info})
+    return load()
+
+
+def corpus_size(rd: RunDir) -> int:
+    return rd.info("prepare")["pairs"] - rd.info("prepare")["test"]
+
+
+def iteration_path(k: int, name: str) -> tuple[str, ...]:
+    return "iterations", f"iter_{k}", name
+
+
+def read_parquet(rd: RunDir, *parts: str) -> Callable[[], pd.DataFrame]:
+    return lambda: pd.read_parquet(rd.path(*parts))
+
+
+# --- steps --------------------------------------------------------------------------------------------------
+
+def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
+    """Load every valid pair, mark the test split and the shard, and fix the ground truth (``truth``)."""
+    def compute() -> dict:
+        pairs, rejected = read_configured_pairs(config)
+        atomic_write_jsonl(rd.path("data", "rejected.jsonl"), [r.to_dict() for r in rejected])
+        if rejected:
+            log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
+                        len(rejected), rd.path("data", "rejected.jsonl"), rejected[0])
+        clash = [c for c in ("split", "in_shard", "truth") if c in pairs.columns]
+        if clash:
+            raise ValueError(f"{config.data.path}: the data has a column {clash[0]!r}, a name the run uses itself")
+        pairs = pairs.sort_values("id", kind="stable").reset_index(drop=True)
+        is_test, in_shard = split_and_shard(pairs, config.data, config.seed)
+        pairs["split"] = np.where(is_test, "test", "train")
+        pairs["in_shard"] = in_shard
+        pairs["truth"], flipped_fraction = ground_truth(pairs, config, cache_dir)
+        atomic_write_parquet(rd.path("data", "pairs.parquet"), pairs)
+        if flipped_fraction:
+            log.warning("ground truth: %.1f%% of the human labels flipped (paper appendix C.1.2)",
+                        100 * flipped_fraction)
+        return {"pairs": len(pairs), "test": int(is_test.sum()), "shard": int(in_shard.sum()),
+                "rejected": len(rejected), "truth_flipped_fraction": flipped_fraction,
+                "audit_reserved": audit_reserve(config, int((~is_test).sum()))}
+
+    return once(rd, "prepare", compute, read_parquet(rd, "data", "pairs.parquet"))
+
+
+def audit_reserve(config: RLTHFConfig, corpus_pairs: int) -> int:
+    """Human labels set aside for the audit: ``annotation.audit_fraction`` of the corpus, at most half the budget
+    (the targeted batches get the rest)."""
+    wanted = int(np.ceil(config.annotation.audit_fraction * corpus_pairs))
+    budget = budget_labels(config.annotation.budget, corpus_pairs)
+    return wanted if budget is None else min(wanted, budget // 2)
+
+
+def ground_truth(pairs: pd.DataFrame, config: RLTHFConfig, cache_dir: str) -> tuple[np.ndarray, float]:
+    """The labels every accuracy is measured against (``data.ground_truth``), and the share flipped."""
+    if config.data.ground_truth != "paper_flipped":
+        return pairs["human_label"].to_numpy(), 0.0
+    _require_human_labels(pairs, "data.ground_truth=paper_flipped")
+    init_ray(config.ray)
+    from rlthf.reward.encoder_head import EncoderHeadReward
+    from rlthf.reward.heads import paper_flipped_truth
+
+    sim = simulation_reward_config(config.data.ground_truth_model)
+    emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(pairs)
+    truth, flipped = paper_flipped_truth(emb_a, emb_b, pairs["human_label"], config=sim, seed=config.seed)
+    return truth, float(flipped.mean())
+
+
+def _require_human_labels(df: pd.DataFrame, what: str) -> None:
+    missing = df["human_label"].isna()
+    if missing.any():
+        raise ValueError(f"{what} needs the dataset's human labels; pair {df['id'][missing].iloc[0]!r} has none")
+
+
+def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_dir: str) -> pd.DataFrame:
+    """The AI's label on every corpus pair (``id, ai_label``; None where it gave none): a data column's, the
+    simulated labeler's, or a live judge's (the judge labels the shard only: elsewhere None)."""
+    path = ("data", "ai_labels.parquet")
+
+    def compute() -> dict:
+        corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
+        shard = corpus[corpus["in_shard"]].reset_index(drop=True)
+        source = config.ai_labels.source
+        confidence = np.full(len(corpus), "n/a", dtype=object)  # the judge's own doubt, where it says it
+        if source == "column":
+            columns = column_ai_labels(corpus, config.ai_labels)
+            label, confidence = columns["label"].to_numpy(dtype=object), columns["confidence"].to_numpy(dtype=object)
+        elif source == "judge":
+            label = np.full(len(corpus), None, dtype=object)
+            judged = judge_step(rd, config, shard).set_index("id").reindex(shard["id"])
+            label[corpus["in_shard"].to_numpy()] = judged["label"].to_numpy()
+            confidence[corpus["in_shard"].to_numpy()] = judged["confidence"].to_numpy()
+        else:  # the shard first, as before the corpus had AI labels, so a shard's labels do not depend on the rest
+            label = np.full(len(corpus), None, dtype=object)
+            rest = corpus[~corpus["in_shard"]].reset_index(drop=True)
+            label[corpus["in_shard"].to_numpy()] = simulated_ai_labels(config, shard, cache_dir, config.seed)
+            if len(rest):
+                label[~corpus["in_shard"].to_numpy()] = simulated_ai_labels(config, rest, cache_dir, config.seed + 1)
+        atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": corpus["id"], "ai_label": pd.Series(label, dtype=object),
+                                                           "ai_confidence": confidence}))
+        labelled = pd.notna(label)
+        return {"labelled": int(labelled.sum()), "ai_accuracy": label_accuracy(label[labelled],
+                                                                            corpus["truth"][labelled])}
+
+    return once(rd, "ai_labels", compute, read_parquet(rd, *path))
+
+
+def initial_labels(rd: RunDir, shard: pd.DataFrame, ai_labels: pd.DataFrame) -> pd.DataFrame:
+    """Iteration 0's working labels: the AI's label on every shard pair."""
+    path = iteration_path(0, "labels.parquet")
+
+    def compute() -> dict:
+        ai = ai_labels.set_index("id")["ai_label"].reindex(shard["id"]).to_numpy(dtype=object)
+        atomic_write_parquet(rd.path(*path), initial_labels_frame(shard["id"], ai))
+        labelled = pd.notna(ai)
+        return {"ai_accuracy": label_accuracy(ai[labelled], shard["truth"][labelled])}
+
+    return once(rd, "iter_0/labels", compute, read_parquet(rd, *path))
+
+
+def simulated_ai_labels(config: RLTHFConfig, pairs: pd.DataFrame, cache_dir: str, seed: int) -> np.ndarray:
+    """The simulated AI labeler (``ai_labels``) on ``pairs``, its mistakes on hard pairs."""
+    a = config.ai_labels
+    truth = pairs["truth"]
+    _require_human_labels(pairs.assign(human_label=truth), "ai_labels.source=simulated")
+    hardness = None
+    if a.noise == "hardness":
+        from rlthf.reward.encoder_head import EncoderHeadReward
+        from rlthf.reward.heads import hardness_scores
+
+        init_ray(config.ray)
+        sim = simulation_reward_config(a.hardness_model)
+        emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(pairs)
+        hardness = hardness_scores(emb_a, emb_b, truth, folds=a.hardness_folds, config=sim, seed=seed)
+    return simulate_ai_labels(truth, target_accuracy=a.target_accuracy, seed=seed, hardness=hardness,
+                              sharpness=a.hardness_sharpness, noise=a.noise)
+
+
+def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataFrame:
+    """A real LLM judge labels the shard (``judge/labels.parquet``, ``judge/report.json``, verdict cache)."""
+    def compute() -> dict:
+        from rlthf.judges.labeling import label_pairs
+
+        init_ray(config.ray)
+        # accuracy is reported against the run's ground truth (data.ground_truth)
+        labels, report = label_pairs(shard.assign(human_label=shard["truth"]), config.judge,
+                                     rd.path("judge", "verdicts.jsonl"))
+        atomic_write_parquet(rd.path("judge", "labels.parquet"), labels)
+        atomic_write_json(rd.path("judge", "report.json"), report)
+        return {k: v for k, v in report.items() if not isinstance(v, dict)}
+
+    return once(rd, "judge", compute, read_parquet(rd, "judge", "labels.parquet"))
+
+
+def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: pd.DataFrame, labels: pd.DataFrame,
+                  shard_scores: pd.DataFrame) -> pd.DataFrame:
+    """After iteration 0: pairs the AI left unlabelled take reward model 0's label (source ``rm``), and the
+    eyes-off validation (paper 3.2.3) shows a human a few pairs from the curve's upper left, where the AI
+    labels should be right; low agreement means the judge or its prompt is misaligned with the user."""
+    path = iteration_path(0, "labels_validated.parquet")
+
+    def compute() -> dict:
+        a = config.annotation
+        new, gaps = fill_unlabelled(labels, shard_scores["reward_a"], shard_scores["reward_b"])
+        count = min(max(a.eyes_off_min, int(np.ceil(a.eyes_off_fraction * len(shard)))), int((~gaps).sum()))
+        count = cap_to_budget(count, a.budget, corpus_size=corpus_size(rd), used=reserved_labels(rd))
+        agreement = None
+        if count:
+            analysis = shard_curve(config.selection, shard["id"], new["label"], shard_scores)
+            chosen = eyes_off_positions(analysis.order, analysis.elbow_index, ~gaps, count, config.seed)
+            answers = annotator.annotate(shard.loc[chosen, list(PAIR_TEXT)].reset_index(drop=True), 0)
+            human = np.array([answers[i] for i in shard["id"].to_numpy()[chosen]], dtype=object)
+            agreement = float(np.mean(human == new["label"].to_numpy()[chosen]))
+            new = with_answers(new, chosen, human, 0)
+            if agreement < a.eyes_off_warn_below:
+                log.warning("EYES-OFF VALIDATION FAILED: humans agree with only %.0f%% of %d high-confidence AI labels "
+                            "(threshold %.0f%%). The judge, its prompt or its criteria do not match your preferences; "
+                            "revise them before spending the annotation budget.", 100 * agreement, count,
+                            100 * a.eyes_off_warn_below)
+        atomic_write_parquet(rd.path(*path), new)
+        return {"filled": int(gaps.sum()), "asked": count, "eyes_off_agreement": agreement,
+                "batch_was_wrong": 0 if agreement is None else int(round((1 - agreement) * count))}
+
+    return once(rd, "iter_0/validate", compute, read_parquet(rd, *path))
+
+
+def reserved_labels(rd: RunDir) -> int:
+    """Human labels set aside from the budget before the targeted ones (the audit's, ``prepare`` decides)."""
+    return int(rd.info("prepare").get("audit_reserved", 0))
+
+
+def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.DataFrame) -> Path:
+    """Reward model k on ``train_rows`` (id, prompt, response_a, response_b, label; repeats allowed)."""
+    final = rd.path(*iteration_path(k, "checkpoint"))
+
+    def compute() -> dict:
+        import ray
+
+        partial = final.with_name("checkpoint.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # a crash mid-training left it behind
+        dataset = ray.data.from_pandas(train_rows[[*PAIR_TEXT, "label"]].reset_index(drop=True))
+        backend.train(dataset, partial, seed=config.seed + k)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        return {"rows": len(train_rows), "pairs": int(train_rows["id"].nunique())}
+
+    return once(rd, f"iter_{k}/train", compute, lambda: final)
+
+
+def score_pairs(backend, checkpoint: Path, pairs: pd.DataFrame) -> pd.DataFrame:
+    """``id, reward_a, reward_b`` of every pair under ``checkpoint``, in the order of ``pairs``."""
+    import ray
+
+    scored = backend.score(ray.data.from_pandas(pairs[list(PAIR_TEXT)].reset_index(drop=True)), checkpoint).to_pandas()
+    scored = scored.set_index("id").reindex(pairs["id"])
+    if scored["reward_a"].isna().any():
+        raise RuntimeError(f"scoring lost pair {scored.index[scored['reward_a'].isna()][0]!r}")
+    return scored.reset_index()[["id", "reward_a", "reward_b"]]
+
+
+def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """Rewards of model k on every shard pair (for the next curve) and every test pair (for its accuracy)."""
+    parts = {name: iteration_path(k, f"scores_{name}.parquet") for name in ("shard", "test")}
+
+    def compute() -> None:
+        for name, pairs in (("shard", shard), ("test", test)):
+            atomic_write_parquet(rd.path(*parts[name]), score_pairs(backend, checkpoint, pairs))
+
+    return once(rd, f"iter_{k}/score", compute, lambda: {name: pd.read_parquet(rd.path(*p)) for name, p in parts.items()})
+
+
+def shard_curve(s: SelectionConfig, ids: pd.Series, labels: pd.Series, scores: pd.DataFrame):
+    """The reward distribution curve of the shard: each pair's margin under its working label, analysed."""
+    margins = label_sign(labels) * (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
+    return analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
+                         min_points=s.min_points, knee_detector=s.knee_detector, ids=ids.to_numpy())
+
+
+def batch_size(config: RLTHFConfig, k: int, shard_pairs: int, corpus_pairs: int, used: int) -> int:
+    """Iteration k's human batch: ``selection.annotation_fraction`` of the shard, or with ``spread_budget`` what
+    is left of the budget over the iterations left; never past the budget."""
+    s, budget = config.selection, config.annotation.budget
+    left = budget_labels(budget, corpus_pairs)
+    if s.spread_budget and left is not None:
+        wanted = -(-max(0, left - used) // (s.iterations - k + 1))
+    else:
+        wanted = annotation_batch_size(shard_pairs, s.annotation_fraction)
+    return cap_to_budget(wanted, budget, corpus_size=corpus_pairs, used=used)
+
+
+def iteration_selection(s: SelectionConfig, k: int, analysis, human: np.ndarray, batch: int, order=None):
+    """Iteration k's flips, human batch and training set (paper 3.2.4-3.2.5) under the config's schedules."""
+    return select_pairs(analysis, human, annotation_size=batch, amplification=schedule_value(s.amplification, k),
+                        backoff=schedule_value(s.backoff, k), flip=s.flip, annotation_order=order)
+
+
+def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, labels: pd.DataFrame,
+                shard_scores: pd.DataFrame, ai_labels: pd.DataFrame) -> dict:
+    """The curve of model k-1 under the working labels, and what to flip, annotate and train on."""
+    path = rd.path(*iteration_path(k, "selection.json"))
+
+    def compute() -> None:
+        s = config.selection
+        analysis = shard_curve(s, shard["id"], labels["label"], shard_scores)
+        alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
+        human = (labels["label_source"] == "human").to_numpy()
+        batch = batch_size(config, k, len(shard), corpus_size(rd), used=int(human.sum()) + reserved_labels(rd))
+        if s.selector == "random":
+            selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k)
+        else:  # another selector only changes which pairs go to humans (core/selectors.py)
+            order = annotation_priority(config, k, shard, labels, shard_scores, analysis, ai_labels,
+                                        cache_dir=config.reward.cache_dir or str(rd.root / "cache"))
+            selection = iteration_selection(s, k, analysis, human, batch, order)
+        ids = shard["id"].to_numpy()
+        atomic_write_json(path, {
+            "analysis": analysis.summary(), "amplification": alpha, "backoff": beta, **selection.summary(),
+            "flip": selection.flip.tolist(), "annotate": selection.annotate.tolist(), "train": selection.train.tolist(),
+            "ids": {"flip": ids[selection.flip].tolist(), "annotate": ids[selection.annotate].tolist()}})
+        correct = (labels["label"].to_numpy() == shard["truth"].to_numpy()) if shard["truth"].notna().all() else None
+        plot_curve(analysis, correct, rd.path(*iteration_path(k, "curve.png")),
+                   f"iteration {k}: reward model {k - 1} on the shard")
+
+    return once(rd, f"iter_{k}/select", compute, lambda: load_selection(path))
+
+
+def annotation_priority(config: RLTHFConfig, k: int, shard: pd.DataFrame, labels: pd.DataFrame,
+                        shard_scores: pd.DataFrame, analysis, ai_labels: pd.DataFrame, *, cache_dir: str | Path):
+    """The order of ``selection.selector`` (with ``selection.judge_signal``) over the shard's positions; None
+    for RLTHF's own."""
+    s = config.selection
+    if s.selector == "rlthf":
+        if s.judge_signal == "none":
+            return None
+        confidence = ai_labels.set_index("id")["ai_confidence"].reindex(shard["id"]).to_numpy(dtype=object)
+        suspicious = np.isin(confidence, ("inconsistent", "single", "failed"))
+        window = analysis.reflection_index - analysis.knee_index  # the region the curve targets
+        return suspicious_first(rlthf_order(analysis.order, analysis.reflection_index), suspicious, window)
+    if s.selector == "oracle":
+        return oracle_order(labels["label"], shard["truth"], hash_unit(config.seed + k, "oracle", shard["id"]))
+    return selector_order(config, shard, labels["label"], shard_scores, cache_dir=cache_dir, seed=config.seed + k)
+
+
+def selector_order(config: RLTHFConfig, shard: pd.DataFrame, labels, shard_scores: pd.DataFrame, *,
+                   cache_dir: str | Path, seed: int) -> np.ndarray:
+    """The priority of ``config.selection.selector`` (uncertainty, qbc or confident_learning) over the shard."""
+    s = config.selection
+    margin_a = (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy(dtype=float)
+    if s.selector == "uncertainty":
+        return uncertainty_order(margin_a)
+    if s.selector not in ("qbc", "confident_learning"):
+        raise ValueError(f"selection.selector {s.selector!r} has no annotation order here")
+    from rlthf.reward.encoder_head import EncoderHeadReward
+    from rlthf.reward.heads import fold_heads
+
+    head_config = committee_reward_config(config)
+    emb_a, emb_b = EncoderHeadReward(head_config, cache_dir).embeddings(shard)
+    committee, out_of_fold = fold_heads(emb_a, emb_b, labels, folds=s.committee_size, config=head_config, seed=seed)
+    if s.selector == "qbc":
+        return committee_order(committee)
+    return confident_learning_order(labels, 1.0 / (1.0 + np.exp(-out_of_fold)))
+
+
+def load_selection(path: Path) -> dict:
+    record = json.loads(path.read_text())
+    for key in ("flip", "annotate", "train"):
+        record[key] = np.asarray(record[key], dtype=np.int64)
+    return record
+
+
+def annotate_step(rd: RunDir, k: int, annotator: Annotator, shard: pd.DataFrame, labels: pd.DataFrame,
+                  selection: dict) -> pd.DataFrame:
+    """Flip the pairs past the reflection point, ask humans for the batch, and keep the new working labels."""
+    path = iteration_path(k, "labels.parquet")
+
+    def compute() -> dict:
+        batch, flip = selection["annotate"], selection["flip"]
+        answers = annotator.annotate(shard.loc[batch, list(PAIR_TEXT)].reset_index(drop=True), k) if len(batch) else {}
+        ids = shard["id"].to_numpy()
+        new = with_answers(with_flips(labels, flip), batch, [answers[i] for i in ids[batch]], k)
+        atomic_write_parquet(rd.path(*path), new)
+        truth, before, label = shard["truth"].to_numpy(), labels["label"].to_numpy(), new["label"].to_numpy()
+        return {"asked": len(batch), "flips": len(flip), "flips_right": int((label[flip] == truth[flip]).sum()),
+                "batch_was_wrong": int((before[batch] != truth[batch]).sum())}
+
+    return once(rd, f"iter_{k}/annotate", compute, read_parquet(rd, *path))
+
+
+def metrics_step(rd: RunDir, k: int, shard: pd.DataFrame, test: pd.DataFrame, labels: pd.DataFrame, scores: dict,
+                 n_corpus: int) -> dict:
+    """One row of the per-iteration table (also ``iterations/iter_k/metrics.json``)."""
+    path = rd.path(*iteration_path(k, "metrics.json"))
+
+    def compute() -> None:
+        steps = {name: rd.info(f"iter_{k}/{name}") if rd.done(f"iter_{k}/{name}") else {}
+                 for name in ("labels", "validate", "select", "annotate", "train", "score")}
+        analysis = load_selection(rd.path(*iteration_path(k, "selection.json")))["analysis"] if k else {}
+        atomic_write_json(path, metrics_row(k, shard, test, labels, scores, n_corpus, steps, analysis))
+
+    return once(rd, f"iter_{k}/metrics", compute, lambda: json.loads(path.read_text()))
+
+
+def metrics_row(k: int, shard: pd.DataFrame, test: pd.DataFrame, labels: pd.DataFrame, scores: dict,
+                n_corpus: int, steps: dict, analysis: dict) -> dict:
+    """Iteration k's accuracies and counts from its labels, its model's scores and its steps' records."""
+    human = labels["label_source"].to_numpy() == "human"
+    test_acc = preference_accuracy(scores["test"]["reward_a"], scores["test"]["reward_b"], test["truth"])
+    curated = np.where(human, labels["label"], rm_labels(scores["shard"]["reward_a"], scores["shard"]["reward_b"]))
+    asked_step = steps["validate"] if k == 0 else steps["annotate"]
+    row = {
+        "iteration": k,
+        "human_labels": int(human.sum()),
+        "human_pct_shard": 100 * human.mean(),
+        "human_pct_corpus": 100 * human.sum() / n_corpus,
+        "asked": asked_step.get("asked", 0),
+        "batch_was_wrong": asked_step.get("batch_was_wrong", 0),
+        "eyes_off_agreement": steps["validate"].get("eyes_off_agreement"),
+        "ai_unlabelled": steps["validate"].get("filled", 0),
+        "flips": steps["annotate"].get("flips", 0),
+        "flips_right": steps["annotate"].get("flips_right", 0),
+        "label_acc": label_accuracy(labels["label"], shard["truth"]),
+        "rm_label_acc": label_accuracy(curated, shard["truth"]),
+        "test_acc": test_acc,
+        "test_acc_ci": list(wilson_interval(test_acc * len(test), len(test))),
+        "test_pairs": len(test),
+        "elbow_index": analysis.get("elbow_index"),
+        "knee_index": analysis.get("knee_index"),
+        "reflection_index": analysis.get("reflection_index"),
+        "train_rows": steps["train"].get("rows"),
+        "step_seconds": {name: round(info.get("seconds", 0.0), 2) for name, info in steps.items() if info},
+    }
+    row["wall_s"] = sum(row["step_seconds"].values())
+    return row
+
+
+AUDIT_ITERATION = 1000  # annotations/iter_1000 holds the audit's request and answers, apart from the iterations'
+
+
+def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd.DataFrame,
+               labels: pd.DataFrame) -> pd.DataFrame:
+    """Humans label a seeded uniform sample of the corpus pairs that have no human label yet (``annotation.
+    audit_fraction``, the labels ``prepare`` reserved): the evidence behind the curation and its estimates."""
+    path = ("final", "audit.parquet")
+
+    def compute() -> dict:
+        human = set(labels["id"][labels["label_source"] == "human"])
+        eligible = ~corpus["id"].isin(human).to_numpy()
+        size = min(reserved_labels(rd), int(eligible.sum()))
+        size = cap_to_budget(size, config.annotation.budget, corpus_size=corpus_size(rd), used=len(human))
+        chosen = audit_sample(hash_unit(config.seed, "audit", corpus["id"]), eligible, size)
+        requests = corpus.loc[chosen, list(PAIR_TEXT)].reset_index(drop=True)
+        answers = annotator.annotate(requests, AUDIT_ITERATION) if size else {}
+        atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": requests["id"],
+                                                           "label": [answers[i] for i in requests["id"]]}))
+        return {"asked": size}
+
+    return once(rd, "final/audit", compute, read_parquet(rd, *path))
+
+
+def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pairs: pd.DataFrame,
+                labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame) -> tuple[Path, dict]:
+    """One label for every corpus pair (``curate.policy``), human labels kept: ``curated.parquet`` for DPO, and
+    the audit's estimates of what it is worth in ``summary.json``."""
+    path, summary_path = rd.path("curated.parquet"), rd.path("summary.json")
+
+    def compute() -> None:
+        corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
+        scores = score_pairs(backend, checkpoint, corpus)
+        margin = (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
+        inputs = curation_inputs(corpus, labels, ai_labels, audit, config.curate.policy)
+        curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
+                         base_source=inputs["source"], alpha=config.curate.alpha)
+        frame = preference_pairs(corpus, curated.label, curated.source, margin * label_sign(curated.label))
+        atomic_write_parquet(path, frame.assign(in_shard=corpus["in_shard"].to_numpy()))
+        estimates = audit_estimates(config, corpus, margin, inputs, curated)
+        atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
+                                         "curation": curated.decision.summary(), "checkpoint": str(checkpoint)})
+
+    once(rd, "final/curate", compute, lambda: None)
+    return path, json.loads(summary_path.read_text())
+
+
+def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame,
+                    policy: str) -> dict:
+    """Per corpus pair: the base label and its source, the original AI label, the human label (targeted,
+    eyes-off or audit) and the audit mask. The base label is the AI's; in the shard, under ``ai`` (and ``rm``),
+    the working label with RLTHF's flips, under ``auto`` the initial label (the AI's, or model 0's where it gave
+    none): there the audit alone decides where the reward model's label replaces it."""
+    ids = corpus["id"]
+    shard = labels.set_index("id").reindex(ids[ids.isin(labels["id"])])
+    in_shard = ids.isin(labels["id"]).to_numpy()
+    ai = ai_labels.set_index("id")["ai_label"].reindex(ids).to_numpy(dtype=object)
+    base, source = ai.copy(), np.full(len(ids), "ai", dtype=object)
+    working = policy != "auto"
+    base[in_shard] = shard["label" if working else "ai_label"].to_numpy()
+    source[in_shard] = shard["label_source" if working else "initial_source"].to_numpy()
+    human = np.full(len(ids), None, dtype=object)
+    is_human = np.zeros(len(ids), dtype=bool)
+    is_human[in_shard] = (shard["label_source"] == "human").to_numpy()
+    human[is_human] = shard["label"].to_numpy()[is_human[in_shard]]
+    audited = ids.isin(audit["id"]).to_numpy()
+    human[audited] = audit.set_index("id")["label"].reindex(ids[audited]).to_numpy()
+    base[is_human], source[is_human] = None, "ai"  # a human label stands in the curated set whatever the policy
+    return {"base": base, "source": source, "ai": ai, "human": human, "audited": audited, "in_shard": in_shard}
+
+
+def audit_estimates(config: RLTHFConfig, corpus: pd.DataFrame, margin: np.ndarray, inputs: dict, curated) -> dict:
+    """The audit's estimates, with 95% intervals, of the AI labels (where the AI gave one), the final reward
+    model (on the pairs without a targeted human label) and the curated set (cross-fitted on the audit)."""
+    human, audited, ai = inputs["human"], inputs["audited"], inputs["ai"]
+    if not audited.any():
+        return {"audit_pairs": 0}
+    has_ai = pd.notna(ai)
+    targeted = pd.notna(human) & ~audited
+    would_be = cross_fitted_labels(inputs["base"], margin, human, audited, policy=config.curate.policy,
+                                   seed=config.seed, alpha=config.curate.alpha)
+    estimates = {
+        "ai": estimate_accuracy(ai[has_ai], human[has_ai], audited[has_ai]),
+        "rm": estimate_accuracy(rm_labels(margin, 0.0)[~targeted], human[~targeted], audited[~targeted]),
+        "curated": estimate_accuracy(curated.label, human, audited, audit_labels=would_be),
+    }
+    return {"audit_pairs": int(audited.sum()), "ai_labelled_pairs": int(has_ai.sum()),
+            "estimate": {name: e.summary() for name, e in estimates.items()}}
+
+
+def run_summary(rd: RunDir, corpus: pd.DataFrame, curated, inputs: dict, margin: np.ndarray) -> dict:
+    """Counts, and the accuracies against the ground truth where the data has one (a study, not a user's run)."""
+    is_human = curated.source == "human"
+    truth = corpus["truth"].to_numpy(dtype=object)
+    known = pd.notna(truth)
+    has_ai = known & pd.notna(inputs["ai"])
+    return {
+        "curated_pairs": len(corpus),
+        "human_labels": int(is_human.sum()),
+        "human_pct_corpus": 100 * float(is_human.mean()),
+        "audit_labels": int(inputs["audited"].sum()),
+        "label_sources": {k: int(v) for k, v in zip(*np.unique(curated.source.astype(str), return_counts=True))},
+        "truth_flipped_fraction": rd.info("prepare")["truth_flipped_fraction"],
+        "curated_label_acc": label_accuracy(curated.label[known], truth[known]),
+        "ai_label_acc_corpus": label_accuracy(inputs["ai"][has_ai], truth[has_ai]),
+        "rm_label_acc_corpus": label_accuracy(rm_labels(margin, 0.0)[known], truth[known]),
+    }

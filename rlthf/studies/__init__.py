@@ -1,0 +1,1 @@
+"""Studies over many runs: baselines and ablations, Ray Tune sweeps, the downstream table."""

@@ -1,0 +1,226 @@
+"""Curation (rlthf/core/curation.py): exact examples, errors, and the 'auto' policy on synthetic corpora where
+the RM is weaker or stronger than the AI labels."""
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rlthf.core.audit import audit_sample, estimate_accuracy
+from rlthf.core.curation import CuratedLabels, _critical_wins, cross_fitted_labels, curate
+
+
+def _labels(codes) -> np.ndarray:
+    """+1 -> 'a', -1 -> 'b', 0 -> None."""
+    codes = np.asarray(codes)
+    return np.where(codes > 0, "a", np.where(codes < 0, "b", None)).astype(object)
+
+
+def hand_example():
+    """18 evidence pairs, then 8 pairs of the corpus (index 18 on).
+
+    Evidence: the AI says b and the RM says a on 15: with |margin| 10, 9, ..., 1 the human says a (RM right: 10
+    wins), with |margin| 0.5 ... 0.1 the human says b (5 losses); on 3 more the RM agrees with the AI.
+    """
+    base = ["b"] * 15 + ["a"] * 3
+    margin = [10.0, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0.5, 0.4, 0.3, 0.2, 0.1, 2, 2, 2]
+    human = ["a"] * 10 + ["b"] * 5 + ["a"] * 3
+    # 18: disagree, |m| 2 > 1; 19: |m| == 1, the threshold; 20: |m| 0.7 < 1; 21: disagree, |m| 3; 22: agree;
+    # 23: no AI label; 24: a flipped label the RM agrees with; 25: a targeted human label
+    base += ["b", "b", "b", "a", "a", None, "a", "a"]
+    margin += [2.0, 1.0, 0.7, -3.0, 3.0, -0.1, 0.2, 5.0]
+    human += [None] * 7 + ["b"]
+    source = ["ai"] * 24 + ["flipped", "ai"]
+    return (np.array(base, dtype=object), np.array(margin), np.array(human, dtype=object), np.arange(18),
+            np.array(source, dtype=object))
+
+
+def test_auto_replaces_where_the_rm_wins_significantly_on_the_evidence():
+    base, margin, human, evidence, source = hand_example()
+    # 10 straight wins pass the corrected sign test (6 of 6 already do), so the best threshold is |margin| 1
+    assert _critical_wins(15, 0.05)[9] <= 10
+    curated = curate(base, margin, human, evidence, base_source=source)
+    assert isinstance(curated, CuratedLabels)
+    assert list(curated.label[18:]) == ["a", "a", "b", "b", "a", "b", "a", "b"]
+    assert list(curated.source[18:]) == ["rm", "rm", "ai", "rm", "ai", "rm", "flipped", "human"]
+    assert list(curated.label[:18]) == list(human[:18]) and set(curated.source[:18]) == {"human"}
+    decision = curated.decision
+    assert (decision.policy, decision.threshold, decision.evidence_pairs, decision.disagreements,
+            decision.rm_right, decision.wins, decision.losses, decision.replaced, decision.filled) == \
+        ("auto", 1.0, 18, 15, 10, 10, 0, 3, 1)
+    assert decision.reason.startswith("the RM replaced the AI label on 3 pairs where they disagree and |margin| >= 1")
+    assert "\n" not in decision.reason
+    assert json.loads(json.dumps(decision.summary()))["threshold"] == 1.0
+
+
+def test_rm_and_ai_policies():
+    base, margin, human, evidence, source = hand_example()
+    rm = curate(base, margin, human, evidence, policy="rm", base_source=source)
+    assert list(rm.label[18:]) == ["a", "a", "a", "b", "a", "b", "a", "b"]
+    assert list(rm.source[18:]) == ["rm"] * 7 + ["human"]
+    assert (rm.decision.threshold, rm.decision.wins, rm.decision.losses, rm.decision.replaced) == (0.0, 10, 5, 4)
+    ai = curate(base, margin, human, evidence, policy="ai", base_source=source)
+    assert list(ai.label[18:]) == ["b", "b", "b", "a", "a", "b", "a", "b"]
+    assert list(ai.source[18:]) == ["ai"] * 5 + ["rm", "flipped", "human"]
+    assert (ai.decision.threshold, ai.decision.replaced, ai.decision.filled) == (math.inf, 0, 1)
+    assert ai.decision.summary()["threshold"] is None
+    assert list(curate(base, margin, human, evidence, policy="ai").source[18:]) == ["ai"] * 5 + ["rm", "ai", "human"]
+
+
+def test_auto_keeps_the_ai_labels_without_significant_evidence():
+    base, margin, human, evidence, _ = hand_example()
+    few = curate(base, margin, human, [0, 1, 2], base_source=None)  # 3 wins of 3: p = 1/8
+    assert few.decision.threshold == math.inf and few.decision.replaced == 0
+    assert few.decision.reason.startswith("kept the AI labels: on the 3 evidence pairs where they disagree")
+    assert list(few.label[18:23]) == ["b", "b", "b", "a", "a"]
+    none = curate(base, margin, human, np.zeros(len(base), bool))
+    assert none.decision.threshold == math.inf and "no evidence pair" in none.decision.reason
+    assert list(none.label[18:]) == list(few.label[18:])
+
+
+def test_a_threshold_takes_all_pairs_of_equal_margin_or_none():
+    # 12 wins at |margin| 3, then 4 losses at |margin| 1 and 2 wins, all at |margin| 1
+    base = np.array(["b"] * 18, dtype=object)
+    margin = np.array([3.0] * 12 + [1.0] * 6)
+    human = np.array(["a"] * 12 + ["b"] * 4 + ["a"] * 2, dtype=object)
+    decision = curate(base, margin, human, np.arange(18)).decision
+    assert (decision.threshold, decision.wins, decision.losses) == (3.0, 12, 0)
+
+
+def test_cross_fitted_labels_ignore_each_pairs_own_human_label():
+    base, margin, human, evidence, _ = hand_example()
+    labels = cross_fitted_labels(base, margin, human, evidence, folds=3, seed=1)
+    assert all(v is None for v in labels[18:]) and set(labels[:18]) <= {"a", "b"}
+    np.testing.assert_array_equal(labels, cross_fitted_labels(base, margin, human, evidence, folds=3, seed=1))
+    for pair in range(18):
+        changed = human.copy()
+        changed[pair] = "b" if human[pair] == "a" else "a"
+        assert cross_fitted_labels(base, margin, changed, evidence, folds=3, seed=1)[pair] == labels[pair]
+    rm = cross_fitted_labels(base, margin, human, evidence, policy="rm")
+    assert list(rm[:18]) == ["a"] * 18
+    ai = cross_fitted_labels(base, margin, human, evidence, policy="ai")
+    assert list(ai[:18]) == list(base[:18])
+
+
+@pytest.mark.parametrize("change, argument", [
+    (dict(policy="paper"), "policy"),
+    (dict(alpha=0.0), "alpha"),
+    (dict(base_label=np.array(["a", "b", "x"] + ["a"] * 23, dtype=object)), "base_label"),
+    (dict(human_label=np.array(["a"] * 25, dtype=object)), "human_label"),
+    (dict(human_label=np.array([1] + [None] * 25, dtype=object)), "human_label"),
+    (dict(rm_margin=np.ones(25)), "rm_margin"),
+    (dict(rm_margin=np.full(26, np.inf)), "rm_margin"),
+    (dict(evidence=[0, 20]), "evidence"),
+    (dict(evidence=[0, 26]), "evidence"),
+    (dict(evidence=np.ones(25, bool)), "evidence"),
+    (dict(base_source=["ai"] * 25), "base_source"),
+])
+def test_curate_errors_name_the_argument(change, argument):
+    base, margin, human, evidence, _ = hand_example()
+    given = {**dict(base_label=base, rm_margin=margin, human_label=human, evidence=evidence), **change}
+    with pytest.raises(ValueError, match=f"^{argument}"):
+        curate(given.pop("base_label"), given.pop("rm_margin"), given.pop("human_label"), given.pop("evidence"),
+               **given)
+
+
+@pytest.mark.parametrize("folds", [1, 2.0, True])
+def test_cross_fitted_labels_need_two_folds_or_more(folds):
+    base, margin, human, evidence, _ = hand_example()
+    with pytest.raises(ValueError, match="^folds"):
+        cross_fitted_labels(base, margin, human, evidence, folds=folds)
+
+
+def test_the_corrected_sign_test_holds_its_level_where_the_plain_one_does_not():
+    """A fair coin passes a plain 5% sign test at some threshold far more often than 5%; the corrected one does
+    not, and it still accepts 10 wins in 10 (p = 0.001)."""
+    rng = np.random.default_rng(3)
+    runs = rng.random((4000, 100)) < 0.5
+    wins = np.cumsum(runs, axis=1)
+    corrected = np.mean((wins >= _critical_wins(100, 0.05)).any(axis=1))
+    assert corrected <= 0.06
+    plain = np.empty(100, dtype=np.int64)  # the fewest wins in k with P(Binomial(k, 1/2) >= wins) <= 0.05
+    for k in range(1, 101):
+        tail = np.cumsum(np.exp(_log_binomial(k))[::-1])[::-1]
+        plain[k - 1] = np.flatnonzero(tail <= 0.05)[0] if (tail <= 0.05).any() else k + 1
+    assert np.mean((wins >= plain).any(axis=1)) > 0.15
+    assert _critical_wins(10, 0.05)[9] <= 10
+
+
+def _log_binomial(k: int) -> np.ndarray:
+    w = np.arange(k + 1)
+    return (np.array([math.lgamma(k + 1) - math.lgamma(i + 1) - math.lgamma(k - i + 1) for i in w])
+            - k * math.log(2))
+
+
+# --- 'auto' on synthetic corpora -------------------------------------------------------------------------------
+
+CORPUS, TARGETED, AUDIT, SEEDS = 4000, 100, 200, 50
+
+
+def synthetic_run(seed: int, regime: str) -> dict:
+    """A corpus with known truth; the AI labels right with a fixed probability; the RM's margin
+    ``truth * (shift + noise)``, right more often the larger |margin|, or for 'weak_flat' a margin whose size says
+    nothing; 100 targeted human labels where the AI is wrong, then an audit of 200 pairs from the rest."""
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(np.array([1, -1]), CORPUS)
+    ai_accuracy, rm_shift = {"weak": (0.75, 0.305), "weak_flat": (0.75, None), "strong": (0.70, 1.2816)}[regime]
+    base = np.where(rng.random(CORPUS) < ai_accuracy, truth, -truth)
+    if rm_shift is None:  # right 62% of the time whatever |margin| is
+        margin = np.where(rng.random(CORPUS) < 0.62, truth, -truth) * rng.exponential(1.0, CORPUS)
+    else:  # right Phi(shift) of the time: 62% ('weak') or 90% ('strong')
+        margin = truth * (rm_shift + rng.standard_normal(CORPUS))
+    human = np.zeros(CORPUS, dtype=np.int64)
+    targeted = rng.choice(np.flatnonzero(base != truth), TARGETED, replace=False)
+    human[targeted] = truth[targeted]
+    audited = audit_sample(rng.random(CORPUS), human == 0, AUDIT)
+    human[audited] = truth[audited]
+    base_label, human_label, true_label = _labels(base), _labels(human), _labels(truth)
+    run = {"rm_alone": np.mean(np.where(margin >= 0, 1, -1) == truth),
+           "disagreements": np.sum((np.where(margin >= 0, 1, -1) != base) & (human == 0))}
+    for policy in ("ai", "rm", "auto"):
+        curated = curate(base_label, margin, human_label, audited, policy=policy)
+        run[policy] = np.mean(curated.label == true_label)
+        run[f"{policy}_replaced"] = curated.decision.replaced
+    # the audit's estimates of the AI labels and the RM are tested in test_audit.py; this one needs cross-fitting
+    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=cross_fitted_labels(
+        base_label, margin, human_label, audited, seed=seed))
+    run["auto_covered"] = estimate.low <= run["auto"] <= estimate.high
+    run["auto_error"] = estimate.value - run["auto"]
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def regime_runs(regime: str) -> dict:
+    runs = [synthetic_run(seed, regime) for seed in range(SEEDS)]
+    return {key: np.array([run[key] for run in runs], dtype=float) for key in runs[0]}
+
+
+@pytest.mark.parametrize("regime", ["weak", "weak_flat"])
+def test_auto_is_never_worse_than_the_ai_labels_when_the_rm_is_weaker(regime):
+    runs = regime_runs(regime)
+    assert runs["rm_alone"].mean() == pytest.approx(0.62, abs=0.01)
+    # the paper's policy ships a worse dataset than the AI labels it started from
+    assert runs["rm"].mean() < runs["ai"].mean() - 0.08
+    # (with more seeds an unlucky audit now and then lets a threshold through: about 1 in 200, see the module)
+    assert (runs["auto"] >= runs["ai"] - 0.005).all()
+    assert runs["auto"].mean() >= runs["ai"].mean()
+
+
+def test_auto_follows_the_rm_where_it_is_stronger():
+    runs = regime_runs("strong")
+    assert runs["rm_alone"].mean() == pytest.approx(0.90, abs=0.01)
+    assert (runs["auto_replaced"] >= 0.5 * runs["disagreements"]).all()
+    assert runs["auto"].mean() > runs["ai"].mean() + 0.15
+    assert runs["auto"].min() > runs["ai"].max() + 0.1
+    # replacing only where the RM is confident does better than replacing everywhere
+    assert runs["auto"].mean() >= runs["rm"].mean()
+
+
+@pytest.mark.parametrize("regime", ["weak", "weak_flat", "strong"])
+def test_the_cross_fitted_estimate_of_auto_covers_its_true_accuracy(regime):
+    runs = regime_runs(regime)
+    assert runs["auto_covered"].mean() >= 0.8
+    assert abs(runs["auto_error"].mean()) < 0.01

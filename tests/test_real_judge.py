@@ -1,0 +1,34 @@
+"""A small whole run on real judge labels (vicuna80-judged: GPT-4's verdicts in both orders, human truth): the AI
+labels come from the data's columns, no question crosses the test split, the audit estimates what the curated
+data is worth, and the default curation ships nothing worse than the judge's labels."""
+import pandas as pd
+
+from rlthf.config import load_config
+from rlthf.run.driver import run
+from tests.conftest import REPO
+
+
+def test_a_run_on_gpt4_labels_from_columns(ray_local, vicuna80_path, embedding_cache, tmp_path):
+    config = load_config(REPO / "configs/vicuna80.yaml", [
+        f"output_dir={tmp_path / 'run'}", f"data.path={vicuna80_path}", "data.max_pairs=450",
+        f"reward.cache_dir={embedding_cache}", "selection.iterations=2", "annotation.audit_fraction=0.1"])
+    result = run(config, echo=lambda _: None)
+    pairs = pd.read_parquet(tmp_path / "run/data/pairs.parquet")
+    by_question = pairs.groupby("question_id")["split"].nunique()
+    assert (by_question == 1).all() and pairs["split"].eq("test").any()  # no question on both sides
+    ai = pd.read_parquet(tmp_path / "run/data/ai_labels.parquet").set_index("id")
+    corpus = pairs[pairs["split"] == "train"].set_index("id")
+    both = corpus["judge_label"].eq(corpus["judge_label_swapped"])
+    # where GPT-4's two orders agree, its label is the AI label; where they disagree it gave none
+    assert (ai["ai_label"][both[both].index] == corpus["judge_label"][both]).all()
+    disagree = corpus["judge_label"].isin(["a", "b"]) & corpus["judge_label_swapped"].isin(["a", "b"]) & ~both
+    assert ai["ai_label"][disagree[disagree].index].isna().all()
+    assert set(ai["ai_confidence"][disagree[disagree].index]) == {"inconsistent"}
+    s = result.summary
+    assert s["audit_pairs"] == -(-len(corpus) // 10)
+    for name in ("ai", "rm", "curated"):
+        assert 0 <= s["estimate"][name]["low"] <= s["estimate"][name]["value"] <= s["estimate"][name]["high"] <= 1
+    assert s["curation"]["policy"] == "auto"
+    assert s["curated_label_acc"] >= s["ai_label_acc_corpus"] - 1e-9  # never worse than the judge's labels
+    # the shard is the whole corpus here; reward model 0 labelled every pair GPT-4 left without a label
+    assert result.metrics[0]["ai_unlabelled"] == int(ai["ai_label"].isna().sum()) > 0

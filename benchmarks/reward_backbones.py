@@ -40,6 +40,9 @@ BACKBONES = {
     "smollm2-middle": {**DECODER, "layers": ["middle"]},
     "smollm2-middle+last": {**DECODER, "layers": ["middle", "last"]},
     "smollm2-quarter": {**DECODER, "layers": [8]},
+    "smollm2-last": {**DECODER, "layers": ["last"]},
+    "smollm2-middle-256": {**DECODER, "layers": ["middle"], "max_length": 256},
+    "smollm2-middle-lasttoken": {**DECODER, "layers": ["middle"], "pooling": "last"},
 }
 LEARNING_RATES = (1e-3, 1e-2)
 
@@ -77,20 +80,26 @@ def embed(config: RewardConfig, pairs: pd.DataFrame, cache_dir: Path, *, batch_s
 
 
 def time_sample(config: RewardConfig, pairs: pd.DataFrame, *, sample: int, batch_size: int, threads: int,
-                seed: int) -> dict:
+                seed: int, measured: dict) -> dict:
     """CPU speed of the project's Embedder on a random sample of the distinct texts (length-sorted batches, the
-    model loaded beforehand): wall and process CPU seconds per text, and the distinct texts there are."""
+    model loaded beforehand): wall and process CPU seconds per text, and the distinct texts there are.
+    ``measured`` keeps the speed of every cost class, so features that cost the same are timed once."""
     spec = FeatureSpec.from_config(config)
     texts = text_table(spec, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]))
     chosen = texts.sample(min(sample, len(texts)), random_state=seed)
     chosen = chosen.iloc[np.argsort(chosen["text"].str.len().to_numpy(), kind="stable")]
     embedder = Embedder(spec, num_threads=threads)
+    # the cost is the backbone's run up to its deepest layer: the pooling and any shallower layer come free
+    cost_class = (spec.model, spec.max_length, spec.truncation, max(embedder.layer_indices))
+    if cost_class in measured:
+        return measured[cost_class]
     wall, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(chosen), batch_size):
         embedder({c: chosen[c].to_numpy()[i:i + batch_size] for c in chosen.columns})
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"sample": len(chosen), "distinct": len(texts), "wall_per_text": wall / len(chosen),
-            "cpu_per_text": cpu / len(chosen)}
+    measured[cost_class] = {"sample": len(chosen), "distinct": len(texts), "wall_per_text": wall / len(chosen),
+                            "cpu_per_text": cpu / len(chosen)}
+    return measured[cost_class]
 
 
 def question_folds(question_ids: pd.Series, folds: int, seed: int) -> np.ndarray:
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs = read_vicuna80(args.data)
     print(f"{len(pairs)} pairs, {pairs['question_id'].nunique()} questions; GPT-4 agrees with the human label on "
           f"{np.mean(pairs['judge_label'] == pairs['label']):.1%}", flush=True)
-    rows = []
+    rows, measured = [], {}
     for name in args.backbones:
         base = RewardConfig(**BACKBONES[name])
         emb_a, emb_b, timing = embed(base, pairs, Path(args.cache_dir), batch_size=args.batch_size,
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             print(name, timing, flush=True)
             continue
         speed = (time_sample(base, pairs, sample=args.time_sample, batch_size=args.batch_size, threads=args.threads,
-                             seed=args.seed) if args.time_sample else {})
+                             seed=args.seed, measured=measured) if args.time_sample else {})
         for head in ("linear", "mlp"):
             for train_labels, column in (("human", "label"), ("gpt-4", "judge_label")):
                 config = dataclasses.replace(base, head=head)

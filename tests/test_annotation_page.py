@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,7 +22,7 @@ from rlthf.annotation.store import read_answer_records, read_answers
 from rlthf.config import load_config
 from rlthf.data import read_pairs
 from rlthf.rundir import RunDir, read_jsonl
-from rlthf.run.steps import AUDIT_ITERATION
+from rlthf.annotation.store import AUDIT_ITERATION
 from tests.conftest import REPO
 from tests.judge_servers import free_port
 
@@ -214,6 +215,9 @@ def start_server(run_dir, port) -> subprocess.Popen:
 def browser():
     from playwright.sync_api import sync_playwright
 
+    if not Path("/usr/bin/chromium").exists():
+        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run the tests with scripts/test, which "
+                    "installs it")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

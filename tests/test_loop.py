@@ -15,7 +15,7 @@ from rlthf.annotation.importing import import_answers
 from rlthf.annotation.store import read_answers
 from rlthf.config import ConfigError, load_config
 from rlthf.run.driver import run
-from rlthf.run.steps import AUDIT_ITERATION
+from rlthf.annotation.store import AUDIT_ITERATION
 from tests.conftest import REPO
 
 ITERATIONS = 3

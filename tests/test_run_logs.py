@@ -37,12 +37,16 @@ def test_printed_lines_reach_the_console_and_the_log(tmp_path, capfd):
         sys.stderr.write("\rembed:  50%|#####     |")  # a progress bar redrawing itself, then done
         sys.stderr.write("\rembed: 100%|##########|\n")
         sys.stdout.write("a line without its newline")
+        redraw = threading.Thread(target=sys.stderr.write, args=("\rembed:  60%|######    |",))
+        redraw.start()  # as tqdm's monitor thread redraws a bar, never to finish the line
+        redraw.join()
     assert path == tmp_path / "run.log"
     out, err = capfd.readouterr()
     assert out == "| iteration | label acc |\na line without its newline"
-    assert err.endswith("\rembed: 100%|##########|\n")
+    assert err.endswith("\rembed: 100%|##########|\n\rembed:  60%|######    |")
     lines = log_lines(tmp_path)
     assert lines[1:4] == ["| iteration | label acc |", "embed: 100%|##########|", "a line without its newline"]
+    assert "finished after" in lines[4]
 
 
 def test_records_reach_the_log_and_rays_stay_off_the_console(tmp_path, capfd):
@@ -111,6 +115,14 @@ def test_everything_is_restored_on_exit(tmp_path, capfd):
     assert "later" not in (tmp_path / "run.log").read_text()
 
 
+def test_a_stream_kept_past_the_run_writes_to_the_console_alone(tmp_path, capfd):
+    with run_log(tmp_path):  # e.g. a library that makes its logging handler on first use, inside the run
+        made_inside = logging.StreamHandler(sys.stderr)
+    made_inside.emit(logging.makeLogRecord({"msg": "a library's warning after the run"}))
+    assert capfd.readouterr().err == "a library's warning after the run\n"
+    assert "after the run" not in (tmp_path / "run.log").read_text()
+
+
 def test_starts_append_with_a_header_each_and_an_exception_leaves_its_traceback(tmp_path):
     with run_log(tmp_path):
         print("first start")
@@ -134,7 +146,7 @@ def test_starts_append_with_a_header_each_and_an_exception_leaves_its_traceback(
 def test_a_real_run_keeps_its_table_in_run_log_and_nothing_of_rays_on_the_console(
         ray_local, hh_rlhf_path, embedding_cache, tmp_path, capfd):
     config = load_config(REPO / "configs/demo.yaml", [
-        f"output_dir={tmp_path / 'run'}", f"data.path={hh_rlhf_path}", "data.max_pairs=300",
+        f"output_dir={tmp_path / 'run'}", f"data.path={hh_rlhf_path}", "data.max_pairs=200",
         f"reward.cache_dir={embedding_cache}", "selection.iterations=1"])
 
     def log_as_ray_does(row):  # inside the run: a record of Ray's must reach run.log and not the console

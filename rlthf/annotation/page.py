@@ -24,8 +24,9 @@ from pathlib import Path
 from flask import Flask, abort, jsonify, make_response, redirect, render_template_string, request, url_for
 
 from rlthf.annotation.leases import Leases
-from rlthf.annotation.store import (SHOWN_ORDERS, answers_needed, answers_path, fold_answers, iteration_agreement,
-                                    locked, now, read_answer_records, request_path, requested_iterations)
+from rlthf.annotation.store import (AUDIT_ITERATION, SHOWN_ORDERS, answers_needed, answers_path, fold_answers,
+                                    iteration_agreement, locked, now, read_answer_records, request_path,
+                                    requested_iterations)
 from rlthf.core.dialogue import dialogue_turns
 from rlthf.rundir import RunDir, append_jsonl_durable, read_jsonl
 
@@ -269,7 +270,6 @@ def _last_answer(run_dir: Path, iteration: int, who: str) -> dict | None:
 def _consumed(run_dir: Path, iteration: int) -> bool:
     """Whether the run already read this iteration's answers (then an undo would change nothing): the step that
     reads them is recorded as done."""
-    from rlthf.run.steps import AUDIT_ITERATION  # the run's numbering of its batches (imported when first needed)
 
     if not (run_dir / "steps.json").exists():  # no run has recorded a step yet (RunDir would make the folder)
         return False

@@ -32,6 +32,8 @@ from rlthf.rundir import RunDir, atomic_write_jsonl, read_jsonl
 REQUEST_COLUMNS = PAIR_TEXT
 # The order a person saw a pair in, kept with the answer: "ab" put response_a on the left.
 SHOWN_ORDERS = ("ab", "ba")
+# annotations/iter_1000 holds the audit's request and answers (the run's last batch), apart from the iterations'
+AUDIT_ITERATION = 1000
 
 
 class InvalidAnswer(ValueError):

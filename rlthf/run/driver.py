@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import yaml
 
@@ -35,6 +35,9 @@ from rlthf.run.logs import run_log
 from rlthf.run.report import format_table, plot_accuracy, summary_text, warn_if_worse
 from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, curate_step, initial_labels, judge_step,
                              metrics_step, prepare, score_step, select_step, train_step, validate_step)
+
+if TYPE_CHECKING:
+    from rlthf.annotation.served import PageAddress
 
 log = logging.getLogger("rlthf")
 

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from rlthf import __version__
+import rlthf
 
 # The driver threads through which Ray prints what its workers and the raylet write (ray._private.worker).
 RAY_FORWARDING_THREADS = frozenset({"ray_print_logs", "ray_listen_error_messages"})
@@ -59,6 +59,8 @@ class Tee(io.TextIOBase):
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
+        if self.log.closed:  # kept past the run (a logging handler made inside it): the console alone
+            return self.console.write(text)
         thread = threading.current_thread()
         if thread.name not in RAY_FORWARDING_THREADS:
             self.console.write(text)
@@ -69,11 +71,12 @@ class Tee(io.TextIOBase):
         return len(text)
 
     def close_lines(self) -> None:
-        """Write the lines that never got their newline."""
+        """Write the lines that never got their newline, but not a progress bar's redraw left unfinished (tqdm's
+        monitor thread redraws bars from a thread of its own)."""
         with self._lock:
-            for line in map(final_state, self._partial.values()):
-                if line:
-                    self.log.write(line + "\n")
+            for partial in self._partial.values():
+                if final_state(partial) and not partial.startswith("\r"):
+                    self.log.write(final_state(partial) + "\n")
             self._partial.clear()
 
     def flush(self) -> None:
@@ -194,7 +197,7 @@ def run_log(run_dir: str | Path) -> Iterator[Path]:
     # line buffered: each whole line reaches the file at once, so a killed run loses none
     with open(path, "a", encoding="utf-8", errors="backslashreplace", buffering=1) as log:
         log.write(f"=== {now()} start: {command_line()} "
-                  f"(rlthf {__version__}, pid {os.getpid()}) ===\n")
+                  f"(rlthf {rlthf.__version__}, pid {os.getpid()}) ===\n")
         started = time.monotonic()
         try:
             with console_copied_to(log):

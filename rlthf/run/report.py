@@ -140,17 +140,21 @@ def summary_text(summary: dict, curated_path) -> str:
         lines += [f"  audit estimates, 95% intervals, from {summary['audit_pairs']} random pairs people labelled:",
                   f"    curated dataset   {_estimate(summary, 'curated')}",
                   f"    AI labels         {_estimate(summary, 'ai')}  (the {summary['ai_labelled_pairs']} pairs "
-                  f"the AI labelled)",
+                  f"the AI labelled; curated there: {_estimate(summary, 'curated_where_ai')})",
                   f"    reward model      {_estimate(summary, 'rm')}  (the pairs without a targeted human label)"]
     else:
         lines.append("  no audit (annotation.audit_fraction=0): nothing measured the curated labels")
     unlabelled = summary["curated_pairs"] - summary.get("ai_labelled_pairs", summary["curated_pairs"])
-    if unlabelled > 0:
-        lines.append(f"  {unlabelled} corpus pairs have no AI label, so they carry the reward model's label; to "
-                     "give them the judge's, label the whole corpus (data.shard_fraction=1, or bring the labels "
-                     "in a column: ai_labels.source=column)")
+    if unlabelled > 0 and summary.get("ai_labels_source") == "judge":
+        lines.append(f"  {unlabelled} corpus pairs have no AI label (the judge labels the shard), so they carry "
+                     "the reward model's label, worth the estimate above; to give them the judge's, judge the "
+                     "whole corpus (data.shard_fraction=1) or bring the labels in a column (ai_labels.source=column)")
+    elif unlabelled > 0:
+        lines.append(f"  {unlabelled} corpus pairs have no AI label (the judge's two orders disagreed, or it gave "
+                     "no verdict), so they carry the reward model's label")
     if summary.get("curated_label_acc") == summary.get("curated_label_acc"):  # not NaN: the data has a truth
-        lines.append(f"  against the ground truth: curated {summary['curated_label_acc']:.1%}, AI labels "
+        lines.append(f"  against the ground truth: curated {summary['curated_label_acc']:.1%} (where the AI "
+                     f"labelled: {summary['curated_label_acc_where_ai']:.1%}), AI labels "
                      f"{summary['ai_label_acc_corpus']:.1%}, reward model {summary['rm_label_acc_corpus']:.1%}")
     return "\n".join(lines)
 
@@ -159,9 +163,9 @@ def warn_if_worse(summary: dict) -> None:
     """Loudly, as the eyes-off check does, when the audit puts the curated set below the AI labels it started
     from."""
     estimate = summary.get("estimate", {})
-    curated, ai = (estimate.get(k, {}).get("value") for k in ("curated", "ai"))
+    curated, ai = (estimate.get(k, {}).get("value") for k in ("curated_where_ai", "ai"))
     if curated is not None and ai is not None and curated < ai:
         logging.getLogger("rlthf").warning(
-            "CURATED DATA BELOW ITS AI LABELS: the audit estimates the curated set at %.1f%% and the AI labels at "
-            "%.1f%%. Curate with the AI labels (curate.policy=ai) or improve the reward model.", 100 * curated,
-            100 * ai)
+            "CURATED DATA BELOW ITS AI LABELS: on the %d pairs the AI labelled, the audit estimates the curated "
+            "labels at %.1f%% and the AI's at %.1f%%. Curate with the AI labels (curate.policy=ai or auto) or "
+            "improve the reward model.", summary["ai_labelled_pairs"], 100 * curated, 100 * ai)

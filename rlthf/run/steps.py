@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.annotation.annotators import Annotator
+from rlthf.annotation.store import AUDIT_ITERATION
 from rlthf.cluster.session import init_ray
 from rlthf.config import RLTHFConfig, SelectionConfig
 from rlthf.core.audit import audit_sample, estimate_accuracy
@@ -436,9 +437,6 @@ def metrics_row(k: int, shard: pd.DataFrame, test: pd.DataFrame, labels: pd.Data
     return row
 
 
-AUDIT_ITERATION = 1000  # annotations/iter_1000 holds the audit's request and answers, apart from the iterations'
-
-
 def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd.DataFrame,
                labels: pd.DataFrame) -> pd.DataFrame:
     """Humans label a seeded uniform sample of the corpus pairs that have no human label yet (``annotation.
@@ -477,6 +475,7 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
         atomic_write_parquet(path, frame.assign(in_shard=corpus["in_shard"].to_numpy()))
         estimates = audit_estimates(config, corpus, margin, inputs, curated)
         atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
+                                         "ai_labels_source": config.ai_labels.source,
                                          "curation": curated.decision.summary(), "checkpoint": str(checkpoint)})
 
     once(rd, "final/curate", compute, lambda: None)
@@ -521,6 +520,9 @@ def audit_estimates(config: RLTHFConfig, corpus: pd.DataFrame, margin: np.ndarra
         "ai": estimate_accuracy(ai[has_ai], human[has_ai], audited[has_ai]),
         "rm": estimate_accuracy(rm_labels(margin, 0.0)[~targeted], human[~targeted], audited[~targeted]),
         "curated": estimate_accuracy(curated.label, human, audited, audit_labels=would_be),
+        # on the same pairs as the AI's estimate: the comparison behind the warning
+        "curated_where_ai": estimate_accuracy(curated.label[has_ai], human[has_ai], audited[has_ai],
+                                              audit_labels=would_be[has_ai]),
     }
     return {"audit_pairs": int(audited.sum()), "ai_labelled_pairs": int(has_ai.sum()),
             "estimate": {name: e.summary() for name, e in estimates.items()}}
@@ -541,5 +543,6 @@ def run_summary(rd: RunDir, corpus: pd.DataFrame, curated, inputs: dict, margin:
         "truth_flipped_fraction": rd.info("prepare")["truth_flipped_fraction"],
         "curated_label_acc": label_accuracy(curated.label[known], truth[known]),
         "ai_label_acc_corpus": label_accuracy(inputs["ai"][has_ai], truth[has_ai]),
+        "curated_label_acc_where_ai": label_accuracy(curated.label[has_ai], truth[has_ai]),
         "rm_label_acc_corpus": label_accuracy(rm_labels(margin, 0.0)[known], truth[known]),
     }

@@ -7,9 +7,15 @@ labels of the held-out questions. The features are the project's (FeatureSpec, E
 distinct text embedded once; the heads are the project's ``train_head``. Each training's learning rate is picked
 from a small grid by its own validation loss (questions held out of the training folds), never by the test fold.
 
-Embeddings are cached under ``--cache-dir`` (with the measured embedding times), so a rerun only trains heads.
+Besides the test accuracy, each row gives the accuracy on the pairs where the humans preferred the shorter
+response, and how well the margin singles out GPT-4's mistakes (AUROC; what RLTHF's selection relies on). A
+reference row reads only the response's length, which on this data agrees with the humans 81% of the time.
 
-    python benchmarks/reward_backbones.py
+Embeddings are cached under ``--cache-dir`` (with the time they took where they were made), so a rerun only
+trains heads; the CPU speed is timed on ``--time-sample`` distinct texts and extrapolated to all of them. The
+decoder caches can be filled on a GPU machine (``--device cuda --embed-only``) and copied here.
+
+    python benchmarks/reward_backbones.py --time-sample 16
     python benchmarks/reward_backbones.py --backbones minilm smollm2-middle --threads 2
 """
 from __future__ import annotations
@@ -24,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.config import RewardConfig
+from rlthf.core.labels import label_sign
 from rlthf.reward.common import validation_mask
 from rlthf.reward.embeddings import (Embedder, EmbeddingCache, FeatureSpec, missing_texts, pair_embeddings,
                                      text_table)
@@ -45,6 +52,7 @@ BACKBONES = {
     "smollm2-middle-lasttoken": {**DECODER, "layers": ["middle"], "pooling": "last"},
 }
 LEARNING_RATES = (1e-3, 1e-2)
+LENGTH = "response length"  # the reference row: how far the length of a response alone goes on this data
 
 
 def read_vicuna80(path: str | Path) -> pd.DataFrame:
@@ -89,6 +97,7 @@ def time_sample(config: RewardConfig, pairs: pd.DataFrame, *, sample: int, batch
     chosen = texts.sample(min(sample, len(texts)), random_state=seed)
     chosen = chosen.iloc[np.argsort(chosen["text"].str.len().to_numpy(), kind="stable")]
     embedder = Embedder(spec, num_threads=threads)
+    embedder({c: chosen[c].to_numpy()[:1] for c in chosen.columns})  # warm-up, not timed
     # the cost is the backbone's run up to its deepest layer: the pooling and any shallower layer come free
     cost_class = (spec.model, spec.max_length, spec.truncation, max(embedder.layer_indices))
     if cost_class in measured:
@@ -122,11 +131,15 @@ def fit_head(emb_a, emb_b, labels, questions, config: RewardConfig, seed: int) -
 
 
 def cross_validate(emb_a, emb_b, pairs: pd.DataFrame, config: RewardConfig, *, train_labels: str, folds: int,
-                   seed: int) -> list[float]:
-    """Test accuracy against the human labels, one per fold."""
+                   seed: int) -> dict[str, list[float]]:
+    """Per fold, on the held-out questions: ``accuracy`` against the human labels; ``shorter_won``, the same on
+    the pairs where the humans preferred the shorter response (vicuna80's humans mostly prefer the longer one:
+    what is left once length no longer helps); ``judge_error_auroc``, how well the margin in the direction of
+    GPT-4's label singles out GPT-4's mistakes (what RLTHF's selection relies on)."""
     fold = question_folds(pairs["question_id"], folds, seed)
-    human = pairs["label"].to_numpy()
-    accuracies = []
+    human, judge = pairs["label"].to_numpy(), pairs["judge_label"].to_numpy()
+    shorter_won = human == np.where(pairs["response_a"].str.len() < pairs["response_b"].str.len(), "a", "b")
+    scores = {"accuracy": [], "shorter_won": [], "judge_error_auroc": []}
     for k in range(folds):
         train = (fold != k) & (pairs[train_labels].isin(["a", "b"])).to_numpy()
         state = fit_head(emb_a[train], emb_b[train], pairs[train_labels].to_numpy()[train],
@@ -134,11 +147,31 @@ def cross_validate(emb_a, emb_b, pairs: pd.DataFrame, config: RewardConfig, *, t
         test = fold == k
         margin = (head_rewards(state, emb_a[test], config.head, config.head_hidden)
                   - head_rewards(state, emb_b[test], config.head, config.head_hidden))
-        accuracies.append(float(np.mean(np.where(margin >= 0, "a", "b") == human[test])))
-    return accuracies
+        correct = np.where(margin >= 0, "a", "b") == human[test]
+        scores["accuracy"].append(float(np.mean(correct)))
+        scores["shorter_won"].append(float(np.mean(correct[shorter_won[test]])))
+        judged = np.isin(judge[test], ["a", "b"])
+        scores["judge_error_auroc"].append(auroc(-label_sign(judge[test][judged]) * margin[judged],
+                                                 judge[test][judged] != human[test][judged]))
+    return scores
+
+
+def auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a positive scores above a negative (ties count half): Mann-Whitney on ranks."""
+    ranks = pd.Series(score).rank().to_numpy()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def length_features(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The reference 'backbone': a response's log length in characters, one feature."""
+    return (np.log(pairs["response_a"].str.len().to_numpy(dtype=np.float32))[:, None],
+            np.log(pairs["response_b"].str.len().to_numpy(dtype=np.float32))[:, None])
 
 
 def describe_layers(config: RewardConfig) -> str:
+    if config.model == LENGTH:
+        return "log characters of the response"
     if config.model == SMOLLM2["model"]:
         return "+".join(str(x) for x in config.layers) + f" of 30, {config.pooling}, {config.truncation}"
     return "+".join(str(x) for x in config.layers) + f", {config.pooling}, {config.truncation}"
@@ -160,9 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     pairs = read_vicuna80(args.data)
-    print(f"{len(pairs)} pairs, {pairs['question_id'].nunique()} questions; GPT-4 agrees with the human label on "
-          f"{np.mean(pairs['judge_label'] == pairs['label']):.1%}", flush=True)
+    longer = np.where(pairs["response_a"].str.len() >= pairs["response_b"].str.len(), "a", "b")
+    print(f"{len(pairs)} pairs, {pairs['question_id'].nunique()} questions; agreement with the human label: "
+          f"GPT-4 {np.mean(pairs['judge_label'] == pairs['label']):.1%}, the longer response "
+          f"{np.mean(longer == pairs['label']):.1%}", flush=True)
     rows, measured = [], {}
+    if not args.embed_only:
+        emb_a, emb_b = length_features(pairs)
+        rows += evaluate(LENGTH, RewardConfig(model=LENGTH, standardize=True), emb_a, emb_b, pairs, args, {}, {})
     for name in args.backbones:
         base = RewardConfig(**BACKBONES[name])
         emb_a, emb_b, timing = embed(base, pairs, Path(args.cache_dir), batch_size=args.batch_size,
@@ -172,29 +210,40 @@ def main(argv: list[str] | None = None) -> None:
             continue
         speed = (time_sample(base, pairs, sample=args.time_sample, batch_size=args.batch_size, threads=args.threads,
                              seed=args.seed, measured=measured) if args.time_sample else {})
-        for head in ("linear", "mlp"):
-            for train_labels, column in (("human", "label"), ("gpt-4", "judge_label")):
-                config = dataclasses.replace(base, head=head)
-                acc = cross_validate(emb_a, emb_b, pairs, config, train_labels=column, folds=args.folds,
-                                     seed=args.seed)
-                rows.append(result_row(name, base, emb_a.shape[1], head, train_labels, acc, timing, speed))
-                print(rows[-1], flush=True)
+        rows += evaluate(name, base, emb_a, emb_b, pairs, args, timing, speed)
     if rows:
         table = pd.DataFrame(rows)
         table.to_csv(Path(args.cache_dir) / "results.csv", index=False)
         print(table.to_string(index=False))
 
 
-def result_row(name: str, config: RewardConfig, dim: int, head: str, train_labels: str, acc: list[float],
-               timing: dict, speed: dict) -> dict:
+def evaluate(name: str, base: RewardConfig, emb_a, emb_b, pairs: pd.DataFrame, args, timing: dict,
+             speed: dict) -> list[dict]:
+    """Rows of the table for one backbone: linear and MLP heads, trained on human and on GPT-4 labels."""
+    rows = []
+    for head in ("linear", "mlp"):
+        for train_labels, column in (("human", "label"), ("gpt-4", "judge_label")):
+            config = dataclasses.replace(base, head=head)
+            scores = cross_validate(emb_a, emb_b, pairs, config, train_labels=column, folds=args.folds,
+                                    seed=args.seed)
+            rows.append(result_row(name, base, emb_a.shape[1], head, train_labels, scores, timing, speed))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def result_row(name: str, config: RewardConfig, dim: int, head: str, train_labels: str,
+               scores: dict, timing: dict, speed: dict) -> dict:
+    acc = scores["accuracy"]
     row = {"backbone": name, "layers": describe_layers(config), "dim": dim, "head": head,
-           "train labels": train_labels, "test acc": f"{np.mean(acc):.1%} ± {np.std(acc):.1%}"}
+           "train labels": train_labels, "test acc": f"{np.mean(acc):.1%} ± {np.std(acc):.1%}",
+           "acc, shorter won": f"{np.mean(scores['shorter_won']):.1%}",
+           "GPT-4 error AUROC": round(float(np.mean(scores["judge_error_auroc"])), 3)}
     if timing:
         row["embedded"] = f"{timing['texts']} texts, {timing['embed_s']:.0f} s on {timing['device']}"
     if speed:
-        row["cpu texts/s"] = round(1 / speed["wall_per_text"], 2)
-        row["cpu s/text"] = round(speed["cpu_per_text"], 2)
-        row[f"est. min, {speed['distinct']} texts"] = round(speed["distinct"] * speed["wall_per_text"] / 60, 1)
+        row["texts/s (wall)"] = round(1 / speed["wall_per_text"], 2)
+        row["cpu-s/text"] = round(speed["cpu_per_text"], 2)
+        row[f"min, {speed['distinct']} texts"] = round(speed["distinct"] * speed["wall_per_text"] / 60, 1)
     return row
 
 

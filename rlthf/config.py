@@ -282,7 +282,8 @@ class RewardConfig:
     lora_dropout: float = option(0.05, "lora: adapter dropout.")
     lora_target_modules: Optional[list[str]] = option(None, "lora: modules to adapt (null: peft's default).")
     num_workers: int = option(1, "lora: Ray Train workers (DDP across them).")
-    cpus_per_worker: int = option(1, "lora: CPUs per Ray Train worker (also its torch threads).")
+    cpus_per_worker: int = option(1, "CPUs (and torch threads) per lora Ray Train worker or encoder_head embedding "
+                                     "actor.")
     use_gpu: bool = option(False, "lora: one GPU per worker; encoder_head: one GPU per embedding actor.")
     deepspeed: Optional[dict] = option(None, "lora: a DeepSpeed config (ZeRO) used on GPU workers; null: DDP.")
     score_batch_size: int = option(32, "Pairs per Ray Data batch when embedding or scoring.")

@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 import yaml
 
-from rlthf.config import (AILabelConfig, AnnotationConfig, ConfigError, DataConfig, JudgeConfig, RayConfig, RewardConfig,
-                          RLTHFConfig, SelectionConfig, load_config, save_config)
+from rlthf.config import (AILabelConfig, AnnotationConfig, ConfigError, CurateConfig, DataConfig, JudgeConfig, RayConfig,
+                          RewardConfig, RLTHFConfig, SelectionConfig, load_config, save_config)
 from rlthf.config import DownstreamConfig, DPOConfig, WinRateConfig
 from tests.conftest import REPO
 
 SECTIONS = {"ray": RayConfig, "data": DataConfig, "ai_labels": AILabelConfig, "judge": JudgeConfig,
             "annotation": AnnotationConfig, "selection": SelectionConfig, "reward": RewardConfig,
-            "dpo": DPOConfig, "winrate": WinRateConfig, "downstream": DownstreamConfig}
+            "curate": CurateConfig, "dpo": DPOConfig, "winrate": WinRateConfig, "downstream": DownstreamConfig}
 
 
 def config_error(overrides, path=None) -> str:

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from rlthf.config import ConfigError
-from rlthf.studies.experiment import (ExperimentConfig, headline, load_experiment, reaches, run_experiment, summary_rows, write_report)
+from rlthf.studies.experiment import (ExperimentConfig, budget_rows, headline, load_experiment, reaches, run_experiment,
+                                      summary_rows, write_report)
 
 REPO = Path(__file__).resolve().parents[1]
 REF = {"ai_only": "AI-only", "random": "Random", "human": "Human", "rlthf": "RLTHF"}
@@ -107,3 +108,36 @@ def test_no_ratio_to_a_random_roi_that_is_noise():
     assert rows["Random"]["roi"] == pytest.approx((0.0, 0.3535533906))
     assert rows["RLTHF"]["roi"] == pytest.approx((1.5, 0.7071067812)) and rows["RLTHF"]["roi_over_random"] is None
     assert headline(results, REF)["rlthf_roi_over_random"] is None
+
+
+# budgets: every method at every budget, one table per budget with paired gains
+
+def budget_run(method, seed, curated, asked=(0, 0)):
+    return {"method": method, "seed": seed, "wall_s": 1.0, "summary": {"curated_label_acc": curated},
+            "rows": [{"iteration": 0, "test_acc": 0.6, "asked": 5, "batch_was_wrong": 0},
+                     {"iteration": 1, "test_acc": 0.7, "asked": asked[0], "batch_was_wrong": asked[1]}]}
+
+
+def test_methods_expand_per_budget_except_the_budget_free():
+    config = ExperimentConfig(seeds=[0], budgets=["5%", "10%"], methods={"Oracle": ["selection.selector=oracle"]},
+                              reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF"})
+    assert list(config.methods) == ["AI-only", "Random @ 5%", "Random @ 10%", "RLTHF @ 5%", "RLTHF @ 10%",
+                                    "Oracle @ 5%", "Oracle @ 10%"]
+    assert config.methods["Oracle @ 10%"] == ["selection.selector=oracle", "annotation.budget=10%",
+                                              "selection.spread_budget=true"]
+    with pytest.raises(ConfigError, match=r"^budgets: a budget is a share like '10%'; got '7'"):
+        ExperimentConfig(budgets=["7"], methods={"X": []})
+
+
+def test_budget_rows_pair_gains_by_seed_and_compare_them_to_randoms():
+    config = ExperimentConfig(seeds=[0, 1], budgets=["10%"], methods={},
+                              reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF"})
+    runs = [budget_run("AI-only", 0, 0.70), budget_run("AI-only", 1, 0.72),
+            budget_run("Random @ 10%", 0, 0.72, (10, 3)), budget_run("Random @ 10%", 1, 0.74, (10, 3)),
+            budget_run("RLTHF @ 10%", 0, 0.75, (10, 6)), budget_run("RLTHF @ 10%", 1, 0.79, (10, 5))]
+    rows = {r["method"]: r for r in budget_rows({f"{r['method']}{r['seed']}": r for r in runs}, config, "10%")}
+    assert rows["RLTHF"]["gain"][0] == pytest.approx(0.06)  # +5 and +7 points over the same seed's AI-only
+    assert rows["RLTHF"]["vs_random"] == pytest.approx(3.0)  # Random gains +2 points on both seeds
+    assert rows["RLTHF"]["asked_wrong"][0] == pytest.approx(0.55) and rows["Random"]["asked_wrong"][0] == 0.3
+    assert rows["Random"]["vs_rlthf"][0] == pytest.approx(-0.04)
+    assert rows["AI-only"]["curated"][0] == pytest.approx(0.71) and rows["AI-only"]["asked_wrong"] is None

@@ -6,6 +6,7 @@ import pytest
 from rlthf.core.curve import analyze_curve
 from rlthf.config import ConfigError, RewardConfig, load_config
 from rlthf.core.selection import decayed_schedule, select_pairs
+from rlthf.core.selectors import oracle_order, rlthf_order, suspicious_first
 from rlthf.core.selectors import committee_disagreement, committee_order, confident_learning_order, uncertainty_order
 from tests.test_analysis import three_piece_curve
 
@@ -134,3 +135,26 @@ def test_fold_heads_give_a_committee_and_out_of_fold_margins_that_find_the_error
     assert np.mean((oof > 0) == (truth == "a")) > 0.9  # the heads learn the truth despite the noise
     order = confident_learning_order(labels, 1 / (1 + np.exp(-oof)))
     assert len(set(order[:len(WRONG)]) & set(WRONG)) == 9  # 9 of the 10 errors in cleanlab's first 10
+
+
+# the judge's doubt inside RLTHF's region, and the oracle
+
+def test_rlthf_order_goes_left_from_the_reflection_point_then_the_tail():
+    order = np.array([3, 0, 4, 1, 2])  # the curve's sort order: position 3 ranks first
+    assert rlthf_order(order, 3).tolist() == [4, 0, 3, 1, 2]
+
+
+def test_suspicious_pairs_go_first_only_inside_the_window():
+    priority = np.array([4, 0, 3, 1, 2])
+    suspicious = np.array([False, True, False, True, False])  # by position: 1 and 3
+    assert suspicious_first(priority, suspicious, 3).tolist() == [3, 4, 0, 1, 2]  # 1 is outside the window
+    assert suspicious_first(priority, suspicious, 0).tolist() == priority.tolist()
+    with pytest.raises(ValueError, match="suspicious has shape"):
+        suspicious_first(priority, suspicious[:3], 2)
+
+
+def test_the_oracle_asks_the_wrong_labels_first_in_seeded_order():
+    labels = np.array(["a", "b", "a", "a", "b"], dtype=object)
+    truth = np.array(["b", "b", "a", "b", "a"], dtype=object)
+    order = oracle_order(labels, truth, np.array([0.9, 0.1, 0.5, 0.2, 0.3]))
+    assert order.tolist() == [3, 4, 0, 1, 2]

@@ -322,6 +322,8 @@ def budget_table(rows: list[dict]) -> str:
         if v is None:
             return "-"
         sign = "+" if signed else ""
+        if not np.isfinite(v[1]):  # one seed: no interval
+            return f"{100 * v[0]:{sign}.1f}"
         return f"{100 * v[0]:{sign}.1f} [{100 * v[1]:{sign}.1f}, {100 * v[2]:{sign}.1f}]"
 
     lines = ["| method | seeds | curated label acc % [95% CI] | asked pairs wrong % | RM test acc % | gain over "

@@ -48,7 +48,9 @@ def test_a_short_sweep_reports_every_iteration_and_writes_the_best_schedule(ray_
         assert row["human_pct_shard"] == pytest.approx(100 * (5 + 4 * row["iterations_run"]) / 40)
     best = load_config(tmp_path / "best_config.yaml")
     p = out["best"]["params"]
-    assert best.selection.iterations == 1 and best.selection.backoff[0] == round(p["beta_start"], 4)
+    # the schedule starts at beta_start, or at the floor when the sampled floor lies above it
+    assert best.selection.iterations == 1
+    assert best.selection.backoff[0] == round(max(p["beta_start"], p["beta_floor"]), 4)
     table = (tmp_path / "results.md").read_text()
     assert table.count("| best |") == 1 and out["best"]["trial_id"] in table
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2

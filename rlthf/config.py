@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import yaml
 
 from rlthf.core.selection import budget_labels
-from rlthf.settings import ConfigError, from_dict, option, read_yaml, require
+from rlthf.settings import ConfigError, from_dict, option, read_yaml, require  # noqa: F401 (ConfigError: re-exported)
 
 
 @dataclass

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import pickle
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from rlthf.core.labels import PAIR_COLUMNS, combine_orders, hash_unit
 from rlthf.data import (InvalidRecord, MissingColumnError, choose_shard, column_ai_labels, load_pairs, pair_id,
                         read_configured_pairs, read_pairs, split_and_shard, split_test)
 from rlthf.rundir import read_jsonl
-from tests.conftest import REPO
+
 
 VICUNA_EXTRAS = ("record_id", "question_id", "category", "model_a", "model_b", "human_votes", "judge_label",
                  "judge_label_swapped", "judge")

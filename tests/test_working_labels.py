@@ -1,7 +1,6 @@
 """The label rules between a run's file writes (rlthf/core/working_labels.py): exact, milliseconds."""
 import numpy as np
 import pandas as pd
-import pytest
 
 from rlthf.core.working_labels import (LABEL_FRAME_COLUMNS, eyes_off_positions, fill_unlabelled,
                                        initial_labels_frame, preference_pairs, with_answers, with_flips)

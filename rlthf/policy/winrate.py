@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.cluster.actors import frame_on_actor_pool
-from rlthf.config import JudgeConfig, WinRateConfig
+from rlthf.config import JudgeConfig
 from rlthf.core.metrics import wilson_interval
 from rlthf.judges.parse import MODELS, parse_ranking, safe_parse
 from rlthf.policy.generate import generate_responses, heldout_prompts

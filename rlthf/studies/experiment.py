@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from rlthf.config import load_config
+from rlthf.core.selection import BUDGET_PATTERN
 from rlthf.settings import ConfigError, from_dict, option, read_yaml, require
 from rlthf.studies.baselines import BASELINE_NAMES, BASELINE_OVERRIDES
 
@@ -75,7 +76,7 @@ BUDGET_MARK = " @ "
 
 def budget_share(budget: str) -> Optional[float]:
     """'10%' as 0.1; None for anything else."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", str(budget))
+    match = BUDGET_PATTERN.match(budget) if isinstance(budget, str) else None
     return float(match.group(1)) / 100 if match else None
 
 
@@ -343,13 +344,13 @@ def plot_budgets(results: dict, config: ExperimentConfig, path: Path) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     shares = [100 * budget_share(b) for b in config.budgets]
+    curated = {b: {r["method"]: r["curated"] for r in budget_rows(results, config, b)} for b in config.budgets}
     for row in budget_rows(results, config, config.budgets[0]):
         name = row["method"]
         if name in config.budget_free:
             ax.axhline(100 * row["curated"][0], ls="--", lw=1.2, color="grey", label=f"{name} (no human label)")
             continue
-        points = [next((r["curated"] for r in budget_rows(results, config, b) if r["method"] == name), None)
-                  for b in config.budgets]
+        points = [curated[b].get(name) for b in config.budgets]
         xs = [x for x, p in zip(shares, points) if p]
         ys = np.array([p for p in points if p]) * 100
         line, = ax.plot(xs, ys[:, 0], "o-", ms=3, label=name)

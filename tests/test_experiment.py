@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from rlthf.config import ConfigError
-from rlthf.studies.experiment import (ExperimentConfig, budget_rows, headline, load_experiment, reaches, run_experiment,
-                                      summary_rows, write_report)
+from rlthf.studies.experiment import (ExperimentConfig, budget_rows, budget_table, headline, load_experiment, reaches,
+                                      run_experiment, summary_rows, write_report)
 
 REPO = Path(__file__).resolve().parents[1]
 REF = {"ai_only": "AI-only", "random": "Random", "human": "Human", "rlthf": "RLTHF"}
@@ -112,8 +112,12 @@ def test_no_ratio_to_a_random_roi_that_is_noise():
 
 # budgets: every method at every budget, one table per budget with paired gains
 
-def budget_run(method, seed, curated, asked=(0, 0)):
-    return {"method": method, "seed": seed, "wall_s": 1.0, "summary": {"curated_label_acc": curated},
+def budget_run(method, seed, curated, asked=(0, 0), audit=None):
+    summary = {"curated_label_acc": curated}
+    if audit:  # (low, high) of the audit's curated estimate, and the AI labels' accuracy
+        summary |= {"estimate": {"curated": {"low": audit[0], "high": audit[1]}}, "ai_label_acc_corpus": audit[2],
+                    "curated_label_acc_where_ai": curated}
+    return {"method": method, "seed": seed, "wall_s": 1.0, "summary": summary,
             "rows": [{"iteration": 0, "test_acc": 0.6, "asked": 5, "batch_was_wrong": 0},
                      {"iteration": 1, "test_acc": 0.7, "asked": asked[0], "batch_was_wrong": asked[1]}]}
 
@@ -141,3 +145,16 @@ def test_budget_rows_pair_gains_by_seed_and_compare_them_to_randoms():
     assert rows["RLTHF"]["asked_wrong"][0] == pytest.approx(0.55) and rows["Random"]["asked_wrong"][0] == 0.3
     assert rows["Random"]["vs_rlthf"][0] == pytest.approx(-0.04)
     assert rows["AI-only"]["curated"][0] == pytest.approx(0.71) and rows["AI-only"]["asked_wrong"] is None
+
+
+def test_budget_rows_count_the_seeds_where_the_audit_held_the_truth_and_curation_kept_up_with_the_ai():
+    config = ExperimentConfig(seeds=[0, 1, 2], budgets=["10%"], methods={},
+                              reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF"})
+    runs = [budget_run("AI-only", s, 0.70) for s in range(3)]
+    runs += [budget_run("RLTHF @ 10%", 0, 0.75, audit=(0.70, 0.80, 0.72)),   # held, above the AI
+             budget_run("RLTHF @ 10%", 1, 0.75, audit=(0.76, 0.90, 0.75)),   # missed, equal counts as not below
+             budget_run("RLTHF @ 10%", 2, 0.71, audit=(0.60, 0.71, 0.73))]   # held (edge), below the AI
+    rows = {r["method"]: r for r in budget_rows({f"{r['method']}{r['seed']}": r for r in runs}, config, "10%")}
+    assert rows["RLTHF"]["audit_covers"] == (2, 3) and rows["RLTHF"]["not_below_ai"] == (2, 3)
+    assert rows["AI-only"]["audit_covers"] is None and rows["AI-only"]["not_below_ai"] is None
+    assert "| 2/3 | 2/3 |" in budget_table(list(rows.values()))

@@ -292,9 +292,30 @@ def asked_wrong(run: dict) -> Optional[float]:
     return sum(r.get("batch_was_wrong", 0) for r in rows) / asked if asked else None
 
 
+def audit_covers(run: dict) -> Optional[bool]:
+    """Whether the audit's 95% interval for the curated labels holds their true accuracy; None without an audit."""
+    estimate = run["summary"].get("estimate", {}).get("curated")
+    return None if estimate is None else estimate["low"] <= run["summary"]["curated_label_acc"] <= estimate["high"]
+
+
+def not_below_ai(run: dict) -> Optional[bool]:
+    """Whether the curated labels are at least as accurate as the AI labels, on the pairs the AI labelled."""
+    summary = run["summary"]
+    if "curated_label_acc_where_ai" not in summary:
+        return None
+    return summary["curated_label_acc_where_ai"] >= summary["ai_label_acc_corpus"]
+
+
+def count_true(values) -> Optional[tuple[int, int]]:
+    """(how many are True, how many are not None); None when none is."""
+    known = [v for v in values if v is not None]
+    return (sum(known), len(known)) if known else None
+
+
 def budget_rows(results: dict, config: ExperimentConfig, budget: str) -> list[dict]:
     """Per method at ``budget``: curated accuracy, share of asked pairs wrong, test accuracy, gain over AI-only,
-    its ratio to Random's, and the paired difference to RLTHF, each over the seeds."""
+    its ratio to Random's, the paired difference to RLTHF, each over the seeds; and in how many seeds the audit's
+    interval held the true curated accuracy and the curated labels were not below the AI labels."""
     ref = config.reference
     at = lambda name: {r["seed"]: r for r in method_runs(results, name)}  # noqa: E731
     ai, random_ = at(ref.get("ai_only")), at(f"{ref.get('random')}{BUDGET_MARK}{budget}")
@@ -314,7 +335,9 @@ def budget_rows(results: dict, config: ExperimentConfig, budget: str) -> list[di
                      "gain": gain,
                      "vs_random": gain[0] / random_gain[0] if gain and random_gain and random_gain[0] > 0 else None,
                      "vs_rlthf": paired_interval(curated(r) - curated(rlthf[s]) for s, r in runs.items()
-                                                 if s in rlthf)})
+                                                 if s in rlthf),
+                     "audit_covers": count_true(audit_covers(r) for r in runs.values()),
+                     "not_below_ai": count_true(not_below_ai(r) for r in runs.values())})
     return rows
 
 
@@ -327,12 +350,17 @@ def budget_table(rows: list[dict]) -> str:
             return f"{100 * v[0]:{sign}.1f}"
         return f"{100 * v[0]:{sign}.1f} [{100 * v[1]:{sign}.1f}, {100 * v[2]:{sign}.1f}]"
 
+    def share(v):
+        return "-" if v is None else f"{v[0]}/{v[1]}"
+
     lines = ["| method | seeds | curated label acc % [95% CI] | asked pairs wrong % | RM test acc % | gain over "
-             "AI-only, pts | gain / Random's | curated - RLTHF's, pts (paired) |", "|---|---|---|---|---|---|---|---|"]
+             "AI-only, pts | gain / Random's | curated - RLTHF's, pts (paired) | audit interval holds the truth | "
+             "curated >= AI labels |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r["vs_random"] is None else f"{r['vs_random']:.1f}x"
         lines.append(f"| {r['method']} | {r['seeds']} | {ci(r['curated'])} | {ci(r['asked_wrong'])} | "
-                     f"{ci(r['test_acc'])} | {ci(r['gain'], True)} | {ratio} | {ci(r['vs_rlthf'], True)} |")
+                     f"{ci(r['test_acc'])} | {ci(r['gain'], True)} | {ratio} | {ci(r['vs_rlthf'], True)} | "
+                     f"{share(r['audit_covers'])} | {share(r['not_below_ai'])} |")
     return "\n".join(lines)
 
 
@@ -372,7 +400,10 @@ def budget_section(results: dict, config: ExperimentConfig) -> list[str]:
     lines = ["## Curated labels by budget", "",
              "Means over the seeds with 95% intervals (mean ± 1.96 standard errors); gains and differences are "
              "paired by seed. *asked pairs wrong*: the share of targeted human answers that corrected a wrong "
-             "working label (the eyes-off check and the audit not counted).", "",
+             "working label (the eyes-off check and the audit not counted). *audit interval holds the truth*: "
+             "seeds where the audit's 95% interval for the curated accuracy held the true one. *curated >= AI "
+             "labels*: seeds where the curated labels were at least as accurate as the AI labels on the pairs "
+             "the AI labelled.", "",
              "![curated label accuracy against the budget](curated_vs_budget.png)", ""]
     for budget in config.budgets:
         lines += [f"### Budget {budget} of the corpus", "", budget_table(budget_rows(results, config, budget)), ""]

@@ -158,3 +158,15 @@ def test_budget_rows_count_the_seeds_where_the_audit_held_the_truth_and_curation
     assert rows["RLTHF"]["audit_covers"] == (2, 3) and rows["RLTHF"]["not_below_ai"] == (2, 3)
     assert rows["AI-only"]["audit_covers"] is None and rows["AI-only"]["not_below_ai"] is None
     assert "| 2/3 | 2/3 |" in budget_table(list(rows.values()))
+
+
+def test_budget_rows_pair_each_reward_model_with_the_same_seeds_all_human_one():
+    config = ExperimentConfig(seeds=[0, 1], budgets=["10%"], methods={}, budget_free=["AI-only", "Human"],
+                              reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF", "human": "Human"})
+    human = [budget_run("Human", s, 1.0) for s in (0, 1)]
+    for run, acc in zip(human, (0.74, 0.70)):
+        run["rows"][-1]["test_acc"] = acc
+    runs = human + [budget_run("AI-only", s, 0.70) for s in (0, 1)] + [budget_run("RLTHF @ 10%", s, 0.75) for s in (0, 1)]
+    rows = {r["method"]: r for r in budget_rows({f"{r['method']}{r['seed']}": r for r in runs}, config, "10%")}
+    assert rows["RLTHF"]["test_vs_human"][0] == pytest.approx(-0.02)  # 0.70 - 0.74 and 0.70 - 0.70
+    assert rows["Human"]["test_vs_human"][:2] == (0.0, 0.0)

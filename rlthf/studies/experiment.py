@@ -314,13 +314,16 @@ def count_true(values) -> Optional[tuple[int, int]]:
 
 def budget_rows(results: dict, config: ExperimentConfig, budget: str) -> list[dict]:
     """Per method at ``budget``: curated accuracy, share of asked pairs wrong, test accuracy, gain over AI-only,
-    its ratio to Random's, the paired difference to RLTHF, each over the seeds; and in how many seeds the audit's
+    its ratio to Random's, the paired differences to RLTHF (curated) and to Human (RM test accuracy), each over
+    the seeds; and in how many seeds the audit's
     interval held the true curated accuracy and the curated labels were not below the AI labels."""
     ref = config.reference
     at = lambda name: {r["seed"]: r for r in method_runs(results, name)}  # noqa: E731
     ai, random_ = at(ref.get("ai_only")), at(f"{ref.get('random')}{BUDGET_MARK}{budget}")
     rlthf = at(f"{ref.get('rlthf')}{BUDGET_MARK}{budget}")
+    human = at(ref.get("human"))
     curated = lambda r: r["summary"]["curated_label_acc"]  # noqa: E731
+    test_acc = lambda r: r["rows"][-1]["test_acc"]  # noqa: E731
     random_gain = paired_interval(curated(r) - curated(ai[s]) for s, r in random_.items() if s in ai)
     rows = []
     for name in dict.fromkeys(n.split(BUDGET_MARK)[0] for n in config.methods):
@@ -331,7 +334,9 @@ def budget_rows(results: dict, config: ExperimentConfig, budget: str) -> list[di
         rows.append({"method": name, "seeds": len(runs),
                      "curated": paired_interval(curated(r) for r in runs.values()),
                      "asked_wrong": paired_interval(asked_wrong(r) for r in runs.values()),
-                     "test_acc": paired_interval(r["rows"][-1]["test_acc"] for r in runs.values()),
+                     "test_acc": paired_interval(test_acc(r) for r in runs.values()),
+                     "test_vs_human": paired_interval(test_acc(r) - test_acc(human[s]) for s, r in runs.items()
+                                                      if s in human),
                      "gain": gain,
                      "vs_random": gain[0] / random_gain[0] if gain and random_gain and random_gain[0] > 0 else None,
                      "vs_rlthf": paired_interval(curated(r) - curated(rlthf[s]) for s, r in runs.items()
@@ -354,12 +359,13 @@ def budget_table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v[0]}/{v[1]}"
 
     lines = ["| method | seeds | curated label acc % [95% CI] | asked pairs wrong % | RM test acc % | gain over "
-             "AI-only, pts | gain / Random's | curated - RLTHF's, pts (paired) | audit interval holds the truth | "
-             "curated >= AI labels |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "AI-only, pts | gain / Random's | curated - RLTHF's, pts (paired) | RM test acc - Human's, pts (paired) | "
+             "audit interval holds the truth | curated >= AI labels |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r["vs_random"] is None else f"{r['vs_random']:.1f}x"
         lines.append(f"| {r['method']} | {r['seeds']} | {ci(r['curated'])} | {ci(r['asked_wrong'])} | "
                      f"{ci(r['test_acc'])} | {ci(r['gain'], True)} | {ratio} | {ci(r['vs_rlthf'], True)} | "
+                     f"{ci(r['test_vs_human'], True)} | "
                      f"{share(r['audit_covers'])} | {share(r['not_below_ai'])} |")
     return "\n".join(lines)
 

@@ -147,6 +147,16 @@ def test_budget_rows_pair_gains_by_seed_and_compare_them_to_randoms():
     assert rows["AI-only"]["curated"][0] == pytest.approx(0.71) and rows["AI-only"]["asked_wrong"] is None
 
 
+def test_budget_rows_compare_a_method_to_randoms_gain_on_the_same_seeds():
+    config = ExperimentConfig(seeds=[0, 1], budgets=["10%"], methods={},
+                              reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF"})
+    runs = [budget_run("AI-only", 0, 0.70), budget_run("AI-only", 1, 0.70),
+            budget_run("Random @ 10%", 0, 0.72), budget_run("Random @ 10%", 1, 0.76),  # +2 and +6 points
+            budget_run("RLTHF @ 10%", 0, 0.76)]  # seed 0 only: +6 against Random's +2 there, not its mean +4
+    rows = {r["method"]: r for r in budget_rows({f"{r['method']}{r['seed']}": r for r in runs}, config, "10%")}
+    assert rows["RLTHF"]["vs_random"] == pytest.approx(3.0) and rows["Random"]["vs_random"] == pytest.approx(1.0)
+
+
 def test_budget_rows_count_the_seeds_where_the_audit_held_the_truth_and_curation_kept_up_with_the_ai():
     config = ExperimentConfig(seeds=[0, 1, 2], budgets=["10%"], methods={},
                               reference={"ai_only": "AI-only", "random": "Random", "rlthf": "RLTHF"})

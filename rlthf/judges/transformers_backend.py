@@ -70,16 +70,14 @@ class TransformersJudge:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from rlthf.models import resolve_model
+        from rlthf.models import model_source
 
         self.config = config
         torch.set_num_threads(config.cpus_per_actor)
         use_gpu = config.gpus_per_actor > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        source = resolve_model(config.model)
-        kwargs: dict[str, Any] = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-        # transformers reads the tokenizer (vocabulary, merges, special tokens, chat template) from the GGUF
-        # file too, and dequantises the weights to float32 with the `gguf` package.
+        # a local GGUF file (weights, vocabulary, chat template) is read through its float32 copy, made once
+        source, kwargs = model_source(config.model, config.gguf_file)
         self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs).to(self.device).eval()
         if self.tokenizer.pad_token_id is None:

@@ -30,7 +30,7 @@ import pandas as pd
 from rlthf.config import DPOConfig
 from rlthf.core.labels import hash_unit
 from rlthf.core.dialogue import chat_messages
-from rlthf.models import resolve_model
+from rlthf.models import model_source
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +68,15 @@ def fit_prompt(tokenizer, messages: list[dict], max_tokens: int) -> list[dict]:
 
 
 def load_policy(model: str, gguf_file: Optional[str]):
-    """The causal LM and its tokenizer (pad token set); a GGUF file is dequantised to float32 by transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The causal LM and its tokenizer (pad token set); a GGUF file is read through its float32 copy."""
+    from transformers import AutoModelForCausalLM
 
-    source = resolve_model(model)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    source, kwargs = model_source(model, gguf_file)
+    tokenizer = load_tokenizer(model, gguf_file)
     policy = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if gguf_file:
-        # The weights are dequantised float32 tensors, but transformers still tags the model as GGUF-quantised,
-        # and the Trainer refuses to train a quantised model; the tag would also go into a saved config.json.
+    if kwargs:
+        # A GGUF file read as it is: the weights are dequantised float32 tensors, but transformers still tags the
+        # model as GGUF-quantised; the Trainer refuses to train it, and the tag would go into a saved config.json.
         policy.hf_quantizer, policy.is_quantized = None, False
         if hasattr(policy.config, "quantization_config"):
             del policy.config.quantization_config
@@ -90,8 +87,8 @@ def load_policy(model: str, gguf_file: Optional[str]):
 def load_tokenizer(model: str, gguf_file: Optional[str]):
     from transformers import AutoTokenizer
 
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model), **kwargs)
+    source, kwargs = model_source(model, gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -12,10 +12,8 @@ across iterations, not across the shard, test set and corpus, and not across run
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from rlthf.models import resolve_model
+from rlthf.models import model_source
 from rlthf.reward.common import reward_text
 from rlthf.rundir import atomic_write_parquet
 
@@ -119,48 +117,11 @@ def load_backbone(spec: FeatureSpec):
     """The tokenizer, the base model (no LM head) in eval mode and its number of layers."""
     from transformers import AutoModel, AutoTokenizer
 
-    path = resolve_model(spec.model)
-    if spec.gguf_file:
-        path = dequantized_copy(path, spec.gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    path, kwargs = model_source(spec.model, spec.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     tokenizer.truncation_side = "left"  # the one cut a caller of the tokenizer gets: keep the response's end
-    model = AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(path, **kwargs).eval()
     return tokenizer, model, int(model.config.num_hidden_layers)
-
-
-def dequantized_copy(path: str, gguf_file: str) -> str:
-    """A folder holding a GGUF model dequantised to float32 safetensors, with its tokenizer and config; made
-    once per machine under ``$RLTHF_MODEL_CACHE`` (default ``~/.cache/rlthf/models``). transformers parses a
-    GGUF file for minutes on every load (two minutes for SmolLM2-135M on two busy cores); the copy loads in
-    seconds. A GGUF file that is not local (a hub name) is read as it is."""
-    import transformers
-    from safetensors.torch import save_model
-    from transformers import AutoModel, AutoTokenizer
-
-    source = Path(path) / gguf_file
-    if not source.is_file():
-        return path
-    stat = source.stat()
-    key = text_hash(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}")[:16]
-    root = Path(os.environ.get("RLTHF_MODEL_CACHE", Path.home() / ".cache/rlthf/models"))
-    folder = root / f"{source.stem}-{key}"
-    if (folder / "config.json").is_file():
-        return str(folder)
-    log.info("dequantising %s once into %s", source, folder)
-    staging = root / f".staging-{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    AutoTokenizer.from_pretrained(path, gguf_file=gguf_file).save_pretrained(staging)
-    model = AutoModel.from_pretrained(path, gguf_file=gguf_file)
-    # save_pretrained refuses a model loaded from GGUF; its weights are plain float32 tensors by now
-    config = model.config.to_dict()
-    config.pop("quantization_config", None)
-    (staging / "config.json").write_text(json.dumps(config, indent=2))
-    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    try:
-        staging.rename(folder)
-    except OSError:  # another process made it first: theirs is the same
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(folder)
 
 
 def truncate_layers(model, depth: int) -> None:

@@ -135,7 +135,8 @@ def chosen_rejected_embeddings(emb_a: np.ndarray, emb_b: np.ndarray, label) -> t
 
 
 class HeadScorer:
-    """Ray Data callable class: loads a head checkpoint once; ``{"id", "emb_a", "emb_b"}`` -> rewards."""
+    """A head checkpoint, loaded once, as a Ray Data UDF: ``{"id", "emb_a", "emb_b"}`` -> rewards. An instance
+    (its state is a few kilobytes) runs in plain tasks: an actor pool would cost seconds to start per score."""
 
     def __init__(self, checkpoint: str) -> None:
         import torch
@@ -197,9 +198,7 @@ class EncoderHeadReward:
         emb_a, emb_b = self.embeddings(df)
         rows = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])
-        return rows.map_batches(HeadScorer, fn_constructor_kwargs={"checkpoint": str(checkpoint)},
-                                batch_size=4096, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
-                                batch_format="numpy")
+        return rows.map_batches(HeadScorer(str(checkpoint)), batch_size=4096, num_cpus=1, batch_format="numpy")
 
 
 def feature_meta(spec: FeatureSpec) -> dict:

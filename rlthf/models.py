@@ -67,15 +67,20 @@ def dequantized_copy(path: str, gguf_file: str) -> str:
     staging = root / f".staging-{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     AutoTokenizer.from_pretrained(path, gguf_file=gguf_file).save_pretrained(staging)
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file)
-    # the weights are plain float32 tensors by now, but transformers still tags the model as GGUF-quantised and
-    # save_pretrained refuses it; untagged, it saves tied weights (SmolLM2's embeddings and LM head) once
-    model.hf_quantizer, model.is_quantized = None, False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(staging)
+    model = untag_gguf(AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file))
+    model.save_pretrained(staging)  # saves tied weights (SmolLM2's embeddings and LM head) once
     try:
         staging.rename(folder)
     except OSError:  # another process made it first: theirs is the same
         shutil.rmtree(staging, ignore_errors=True)
     return str(folder)
+
+
+def untag_gguf(model):
+    """A model transformers loaded from a GGUF file, as the plain float32 model it is: transformers still tags it
+    as GGUF-quantised, and the Trainer refuses to train it, save_pretrained to save it, and a saved config.json
+    would carry the tag."""
+    model.hf_quantizer, model.is_quantized = None, False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model

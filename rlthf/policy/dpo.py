@@ -30,7 +30,7 @@ import pandas as pd
 from rlthf.config import DPOConfig
 from rlthf.core.labels import hash_unit
 from rlthf.core.dialogue import chat_messages
-from rlthf.models import model_source
+from rlthf.models import model_source, untag_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,8 @@ def load_policy(model: str, gguf_file: Optional[str]):
     source, kwargs = model_source(model, gguf_file)
     tokenizer = load_tokenizer(model, gguf_file)
     policy = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    if kwargs:
-        # A GGUF file read as it is: the weights are dequantised float32 tensors, but transformers still tags the
-        # model as GGUF-quantised; the Trainer refuses to train it, and the tag would go into a saved config.json.
-        policy.hf_quantizer, policy.is_quantized = None, False
-        if hasattr(policy.config, "quantization_config"):
-            del policy.config.quantization_config
+    if kwargs:  # a GGUF file read as it is (not local, so no float32 copy)
+        untag_gguf(policy)
     policy.config.pad_token_id = tokenizer.pad_token_id
     return policy, tokenizer
 

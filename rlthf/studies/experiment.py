@@ -324,8 +324,10 @@ def budget_rows(results: dict, config: ExperimentConfig, budget: str) -> list[di
     human = at(ref.get("human"))
     curated = lambda r: r["summary"]["curated_label_acc"]  # noqa: E731
     test_acc = lambda r: r["rows"][-1]["test_acc"]  # noqa: E731
-    gain_over_ai = lambda runs: paired_interval(curated(r) - curated(ai[s]) for s, r in runs.items()  # noqa: E731
-                                                if s in ai)
+
+    def gain_over_ai(runs: dict) -> Optional[tuple[float, float, float]]:
+        return paired_interval(curated(r) - curated(ai[s]) for s, r in runs.items() if s in ai)
+
     rows = []
     for name in dict.fromkeys(n.split(BUDGET_MARK)[0] for n in config.methods):
         runs = at(f"{name}{BUDGET_MARK}{budget}") or (at(name) if name in config.budget_free else {})
@@ -408,11 +410,11 @@ def budget_section(results: dict, config: ExperimentConfig) -> list[str]:
     plot_budgets(results, config, Path(config.output_dir) / "curated_vs_budget.png")
     lines = ["## Curated labels by budget", "",
              "Means over the seeds with 95% intervals (mean ± 1.96 standard errors); gains and differences are "
-             "paired by seed (*gain / Random's*: over Random's gain on the same seeds). *asked pairs wrong*: the share of targeted human answers that corrected a wrong "
-             "working label (the eyes-off check and the audit not counted). *audit interval holds the truth*: "
-             "seeds where the audit's 95% interval for the curated accuracy held the true one. *curated >= AI "
-             "labels*: seeds where the curated labels were at least as accurate as the AI labels on the pairs "
-             "the AI labelled.", "",
+             "paired by seed (*gain / Random's*: over Random's gain on the same seeds). *asked pairs wrong*: the "
+             "share of targeted human answers that corrected a wrong working label (the eyes-off check and the "
+             "audit not counted). *audit interval holds the truth*: seeds where the audit's 95% interval for the "
+             "curated accuracy held the true one. *curated >= AI labels*: seeds where the curated labels were at "
+             "least as accurate as the AI labels on the pairs the AI labelled.", "",
              "![curated label accuracy against the budget](curated_vs_budget.png)", ""]
     for budget in config.budgets:
         lines += [f"### Budget {budget} of the corpus", "", budget_table(budget_rows(results, config, budget)), ""]

@@ -8,7 +8,8 @@ The same work three ways, on the first N real HH-RLHF pairs (human labels) and t
   (Ray Train ``TorchTrainer``, DDP over ``reward.num_workers``), one CPU and one torch thread per worker.
 
 Every timing includes loading the model (each actor and each worker loads its own), as a real run pays it.
-Prints a markdown table (seconds, pairs/s, time relative to plain) and writes it with the raw numbers as JSON.
+Prints a markdown table (seconds, pairs/s, time relative to plain), a row as each finishes, and writes the raw
+numbers as JSON after each row. ``--stages train`` or ``score`` runs one half.
 
     python benchmarks/scaling.py --pairs 128 --score-pairs 1024 --out runs/scaling
 """
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=64, help="tokens per text")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default="runs/scaling", help="folder for scaling.json")
+    parser.add_argument("--stages", nargs="+", choices=("train", "score"), default=["train", "score"])
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -122,31 +124,36 @@ def main(argv: list[str] | None = None) -> None:
     init_ray(RayConfig(num_cpus=3))
     base = RewardConfig(backend="lora", max_length=args.max_length, epochs=args.epochs, batch_size=16,
                         learning_rate=5e-4, cpus_per_worker=1, score_batch_size=32, max_failures=0)
-    rows = []
-
-    plain = plain_train(base, pairs, seed=0)
-    rows.append(row("train", "plain loop", plain, len(pairs) * args.epochs, plain))
-    work = Path(tempfile.mkdtemp(prefix="rlthf-scaling-"))
-    for workers in (1, 2):
-        config = RewardConfig(**{**base.__dict__, "num_workers": workers})
-        seconds = ray_train(config, pairs, work / f"rm_x{workers}", seed=0)
-        rows.append(row("train", f"ray x{workers}", seconds, len(pairs) * args.epochs, plain))
-    checkpoint = work / "rm_x1"  # the model the scoring rows load
-
-    plain = plain_score(checkpoint, to_score, base.score_batch_size)
-    rows.append(row("score", "plain loop", plain, len(to_score), plain))
-    for actors in (1, 2):
-        config = RewardConfig(**{**base.__dict__, "score_concurrency": actors})
-        rows.append(row("score", f"ray x{actors}", ray_score(config, checkpoint, to_score), len(to_score), plain))
-
-    table = ["| stage | how | seconds | pairs/s | time vs plain |", "|---|---|---:|---:|---:|"]
-    table += [f"| {r['stage']} | {r['how']} | {r['seconds']} | {r['pairs_per_s']} | {r['vs_plain']} |" for r in rows]
-    print("\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "rows": rows},
-                                                 indent=2))
+    rows = []
+    print("| stage | how | seconds | pairs/s | time vs plain |\n|---|---|---:|---:|---:|", flush=True)
 
+    def record(stage: str, how: str, seconds: float, pairs: int, plain: float) -> None:
+        # each row as it finishes: a long benchmark cut short still leaves what it measured
+        r = row(stage, how, seconds, pairs, plain)
+        rows.append(r)
+        print(f"| {r['stage']} | {r['how']} | {r['seconds']} | {r['pairs_per_s']} | {r['vs_plain']} |", flush=True)
+        (out / "scaling.json").write_text(json.dumps({"args": vars(args), "cpus": os.cpu_count(), "rows": rows},
+                                                     indent=2))
+
+    work = Path(tempfile.mkdtemp(prefix="rlthf-scaling-"))
+    if "train" in args.stages:
+        plain = plain_train(base, pairs, seed=0)
+        record("train", "plain loop", plain, len(pairs) * args.epochs, plain)
+        for workers in (1, 2):
+            config = RewardConfig(**{**base.__dict__, "num_workers": workers})
+            seconds = ray_train(config, pairs, work / f"rm_x{workers}", seed=0)
+            record("train", f"ray x{workers}", seconds, len(pairs) * args.epochs, plain)
+    if "score" in args.stages:
+        checkpoint = work / "rm_x1"  # the model the scoring rows load
+        if not checkpoint.exists():
+            ray_train(base, pairs.iloc[:32], checkpoint, seed=0)  # scoring time does not depend on the training
+        plain = plain_score(checkpoint, to_score, base.score_batch_size)
+        record("score", "plain loop", plain, len(to_score), plain)
+        for actors in (1, 2):
+            config = RewardConfig(**{**base.__dict__, "score_concurrency": actors})
+            record("score", f"ray x{actors}", ray_score(config, checkpoint, to_score), len(to_score), plain)
 
 if __name__ == "__main__":
     main()

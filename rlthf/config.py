@@ -229,6 +229,10 @@ class SelectionConfig:
     backoff: list[float] = option([0.6, 0.6, 0.6, 0.4, 0.2, 0.1],
                                  "beta per iteration 1, 2, ...; the last value repeats (paper appendix C.4).")
     flip: bool = option(True, "Flip the AI label of pairs past the reflection point.")
+    train_on_rm_labels: bool = option(
+        True, "Whether the labels reward model 0 gave the pairs the AI left unlabelled (label_source 'rm') train "
+        "the later reward models, as the AI's labels do; false: only AI (or flipped) and human labels train, as "
+        "for reward model 0.")
     smoothing: float = option(0.02, "Moving-average window of the curve's slope, as a fraction of the shard.")
     steepness_factor: float = option(2.0, "A slope counts as steep above this many times the median slope.")
     min_points: int = option(50, "Below this many pairs the curve is too short for slopes: sign fallback.")

@@ -127,7 +127,8 @@ def _curve(df, config: SelectionConfig, step: str) -> CurveAnalysis:
 
 def select(scored, config: Optional[SelectionConfig] = None, *, iteration: int = 1):
     """One RLTHF selection (paper 3.2.4-3.2.5) on pairs with ``id, label, reward_a, reward_b`` (and
-    ``label_source``: 'human' marks pairs a human already labelled).
+    ``label_source``: 'human' marks pairs a human already labelled, 'rm' those a reward model labelled, which
+    stay out of training under ``config.train_on_rm_labels=False``).
 
     Returns the pairs, in the same order, with ``flip`` (the working label is flipped: past the reflection
     point), ``annotate`` (send to humans now: ``config.annotation_fraction`` of the pairs) and ``train_copies``
@@ -142,9 +143,10 @@ def select(scored, config: Optional[SelectionConfig] = None, *, iteration: int =
                          "(the other selectors run inside `rlthf run`)")
     df = _frame(scored, ["id", "label", "reward_a", "reward_b"], "select")
     analysis = _curve(df, config, "select")
-    human = (df["label_source"] == "human").to_numpy() if "label_source" in df else np.zeros(len(df), bool)
+    source = df["label_source"].to_numpy() if "label_source" in df else np.full(len(df), "ai", dtype=object)
+    trainable = None if config.train_on_rm_labels else source != "rm"
     batch = annotation_batch_size(len(df), config.annotation_fraction)
-    selection = iteration_selection(config, iteration, analysis, human, batch)
+    selection = iteration_selection(config, iteration, analysis, source == "human", batch, trainable=trainable)
     out = df.copy()
     flip = np.zeros(len(df), bool)
     flip[selection.flip] = True

@@ -2,6 +2,7 @@
 backbone, a real local Ray, and the real llama.cpp judge on loopback."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -55,6 +56,15 @@ def test_train_score_analyze_select_on_datasets(ray_local, hh_rlhf_path, reward_
     assert (selected.loc[selected["annotate"], "train_copies"] == 4).all()  # alpha=4 for the new human labels
     machine_flipped = flipped & ~selected["annotate"].to_numpy()
     assert (selected.loc[machine_flipped, "train_copies"] == 0).all()  # past the reflection point: not trained on
+
+    # pairs a reward model labelled stay out of training, unless humans are asked about them now
+    rm = np.arange(len(frame)) % 3 == 0
+    no_rm = rlthf.select(ray.data.from_pandas(frame.assign(label_source=np.where(rm, "rm", "ai"))),
+                         dataclasses.replace(selection_config, train_on_rm_labels=False), iteration=1).to_pandas()
+    assert no_rm["annotate"].tolist() == selected["annotate"].tolist()
+    asked = no_rm["annotate"].to_numpy()
+    assert (no_rm.loc[rm & ~asked, "train_copies"] == 0).all() and selected.loc[rm & ~asked, "train_copies"].any()
+    assert no_rm.loc[~rm | asked, "train_copies"].tolist() == selected.loc[~rm | asked, "train_copies"].tolist()
 
 
 def test_label_with_a_judge_returns_the_pairs_with_labels(pairs, llama_server, tmp_path):

@@ -75,6 +75,10 @@ def test_experiment_config_errors_name_the_method_or_key(tmp_path):
                     "reference: {rlthf: RLTHF}\n")
     with pytest.raises(ConfigError, match=r"^groups.g: unknown method 'Nope'"):
         load_experiment(path)
+    path.write_text(f"base: {REPO / 'configs/demo.yaml'}\nbase_overrides: [reward.heads=2]\nmethods:\n  RLTHF: []\n"
+                    "reference: {rlthf: RLTHF}\n")
+    with pytest.raises(ConfigError, match=r"^base_overrides: reward.heads: unknown key"):
+        load_experiment(path)
 
 
 def test_the_shipped_experiment_config_loads():
@@ -86,13 +90,15 @@ def test_a_tiny_experiment_runs_two_methods_and_resumes(ray_local, hh_rlhf_path,
     common = [f"data.path={hh_rlhf_path}", "data.max_pairs=300", f"reward.cache_dir={embedding_cache}",
               "selection.iterations=1", "selection.annotation_fraction=0.1"]
     config = ExperimentConfig(base=str(REPO / "configs/demo.yaml"), output_dir=str(tmp_path), seeds=[0],
-                              methods={"AI-only": common + ["selection.iterations=0"],
-                                       "Confident learning": common + ["selection.selector=confident_learning",
-                                                                       "selection.committee_size=3"]},
+                              base_overrides=common,  # a method's own override wins: AI-only runs no iteration
+                              methods={"AI-only": ["selection.iterations=0"],
+                                       "Confident learning": ["selection.selector=confident_learning",
+                                                              "selection.committee_size=3"]},
                               reference={"ai_only": "AI-only", "rlthf": "Confident learning"})
     results = run_experiment(config, echo=lambda _: None)
     cl = results["Confident learning_seed0"]
     assert [r["iteration"] for r in cl["rows"]] == [0, 1]
+    assert [r["iteration"] for r in results["AI-only_seed0"]["rows"]] == [0]
     assert cl["rows"][1]["human_labels"] == cl["rows"][0]["human_labels"] + 6  # 10% of the 60-pair shard
     selection = json.loads((tmp_path / "runs/Confident learning_seed0/iterations/iter_1/selection.json").read_text())
     assert selection["annotated"] == 6 and selection["analysis"]["method"] in ("derivative", "sign")

@@ -100,3 +100,25 @@ def test_random_baseline_draws_unlabelled_pairs_and_trains_on_everything_once():
     np.testing.assert_array_equal(s.train, np.arange(200))
     assert len(s.flip) == 0 and s.repeats == 1
     assert len(select_random(200, human, annotation_size=80, seed=0).annotate) == 50  # only 50 unlabelled
+
+
+def test_pairs_not_trainable_stay_out_of_training_unless_a_human_labels_them():
+    a = shuffled_analysis()
+    trainable = np.ones(200, bool)
+    trainable[a.order[[0, 50, 175]]] = False  # ranks 0 and 50 under the cutoff, 175 in this batch
+    s = select_pairs(a, np.zeros(200, bool), annotation_size=8, amplification=4, backoff=0.6, trainable=trainable)
+    ranks, counts = np.unique(rank_of(s.train), return_counts=True)
+    np.testing.assert_array_equal(ranks, np.r_[np.arange(1, 50), np.arange(51, 71), np.arange(172, 180)])
+    np.testing.assert_array_equal(counts, np.r_[np.ones(69), np.full(8, 4)])
+    with pytest.raises(ValueError, match="trainable has shape"):
+        select_pairs(a, np.zeros(200, bool), annotation_size=8, amplification=4, backoff=0.6,
+                     trainable=np.ones(3, bool))
+
+
+def test_random_trains_every_trainable_pair_and_every_human_one():
+    human = np.array([True, False, False, True, True, True])
+    trainable = np.array([False, False, False, True, True, True])
+    s = select_random(6, human, annotation_size=1, seed=0, trainable=trainable)
+    (asked,) = s.annotate
+    assert asked in (1, 2)
+    np.testing.assert_array_equal(s.train, sorted({0, int(asked), 3, 4, 5}))  # the pair not asked stays out

@@ -63,6 +63,7 @@ def select_pairs(
     backoff: float,
     flip: bool = True,
     annotation_order=None,
+    trainable=None,
 ) -> Selection:
     """Flip, annotation batch and next training set for one iteration.
 
@@ -85,11 +86,19 @@ def select_pairs(
         the first ``annotation_size`` of them no human has labelled. None: RLTHF's order, leftward from the
         reflection point (b). Flips and the training set are RLTHF's either way, so selectors differ in the
         batch alone.
+    trainable : array-like of bool, shape (n,), optional
+        Pairs whose working label may train the next model when no human labelled them (default: all). With
+        ``selection.train_on_rm_labels: false`` a run leaves out the labels reward model 0 gave the pairs the AI
+        left unlabelled, so no model is fitted to an earlier model's guesses (the paper trains on the LLM's
+        labels only).
     """
     human = np.asarray(human_labelled, dtype=bool)
     n = analysis.n
     if human.shape != (n,):
         raise ValueError(f"human_labelled has shape {human.shape}, the curve has {n} pairs")
+    trainable = np.ones(n, dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
+    if trainable.shape != (n,):
+        raise ValueError(f"trainable has shape {trainable.shape}, the curve has {n} pairs")
     if not 0 <= backoff < 1:
         raise ValueError(f"backoff must be in [0, 1), got {backoff}")
     if annotation_size < 0:
@@ -114,7 +123,7 @@ def select_pairs(
     human_after[annotate_ranks] = True
     cutoff = int(np.floor((1.0 - backoff) * analysis.knee_index))
     repeats = max(1, int(round(amplification)))
-    machine_ranks = np.flatnonzero(~human_after[:cutoff])
+    machine_ranks = np.flatnonzero(~human_after[:cutoff] & trainable[order][:cutoff])
     human_ranks = np.flatnonzero(human_after)
     train_ranks = np.concatenate([machine_ranks, np.repeat(human_ranks, repeats)])
 
@@ -129,18 +138,21 @@ def _checked_order(order, n: int) -> np.ndarray:
     return order
 
 
-def select_random(n: int, human_labelled, *, annotation_size: int, seed: int) -> Selection:
+def select_random(n: int, human_labelled, *, annotation_size: int, seed: int, trainable=None) -> Selection:
     """The paper's *Random* baseline (appendix C.3): the same number of human labels, drawn uniformly from the
     pairs no human has labelled, on top of the AI labels; no flips, no amplification, no back-off (every pair
-    trains once)."""
+    trains once, but for those not ``trainable`` that no human labelled, as in :func:`select_pairs`)."""
     human = np.asarray(human_labelled, dtype=bool)
     if human.shape != (n,):
         raise ValueError(f"human_labelled has shape {human.shape}, expected ({n},)")
+    trainable = np.ones(n, dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
     candidates = np.flatnonzero(~human)
     annotate = np.random.default_rng(seed).choice(candidates, size=min(annotation_size, len(candidates)),
                                                   replace=False)
-    return Selection(flip=np.empty(0, np.int64), annotate=np.sort(annotate), train=np.arange(n),
-                     train_cutoff_rank=n, repeats=1)
+    human_after = human.copy()
+    human_after[annotate] = True
+    return Selection(flip=np.empty(0, np.int64), annotate=np.sort(annotate),
+                     train=np.flatnonzero(human_after | trainable), train_cutoff_rank=n, repeats=1)
 
 
 

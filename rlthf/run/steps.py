@@ -293,10 +293,12 @@ def batch_size(config: RLTHFConfig, k: int, shard_pairs: int, corpus_pairs: int,
     return cap_to_budget(wanted, budget, corpus_size=corpus_pairs, used=used)
 
 
-def iteration_selection(s: SelectionConfig, k: int, analysis, human: np.ndarray, batch: int, order=None):
+def iteration_selection(s: SelectionConfig, k: int, analysis, human: np.ndarray, batch: int, order=None,
+                        trainable=None):
     """Iteration k's flips, human batch and training set (paper 3.2.4-3.2.5) under the config's schedules."""
     return select_pairs(analysis, human, annotation_size=batch, amplification=schedule_value(s.amplification, k),
-                        backoff=schedule_value(s.backoff, k), flip=s.flip, annotation_order=order)
+                        backoff=schedule_value(s.backoff, k), flip=s.flip, annotation_order=order,
+                        trainable=trainable)
 
 
 def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, labels: pd.DataFrame,
@@ -309,13 +311,15 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
         analysis = shard_curve(s, shard["id"], labels["label"], shard_scores)
         alpha, beta = schedule_value(s.amplification, k), schedule_value(s.backoff, k)
         human = (labels["label_source"] == "human").to_numpy()
+        trainable = None if s.train_on_rm_labels else (labels["initial_source"] != "rm").to_numpy()
         batch = batch_size(config, k, len(shard), corpus_size(rd), used=int(human.sum()) + reserved_labels(rd))
         if s.selector == "random":
-            selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k)
+            selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k,
+                                      trainable=trainable)
         else:  # another selector only changes which pairs go to humans (core/selectors.py)
             order = annotation_priority(config, k, shard, labels, shard_scores, analysis, ai_labels,
                                         cache_dir=config.reward.cache_dir or str(rd.root / "cache"))
-            selection = iteration_selection(s, k, analysis, human, batch, order)
+            selection = iteration_selection(s, k, analysis, human, batch, order, trainable)
         ids = shard["id"].to_numpy()
         atomic_write_json(path, {
             "analysis": analysis.summary(), "amplification": alpha, "backoff": beta, **selection.summary(),

@@ -36,6 +36,8 @@ from rlthf.studies.baselines import BASELINE_NAMES, BASELINE_OVERRIDES
 class ExperimentConfig:
     base: str = option("configs/demo.yaml", "The RLTHF config every method starts from (relative to this file's "
                       "directory's parent when not absolute and not found from the working directory).")
+    base_overrides: list[str] = option([], "KEY=VALUE overrides of the base config shared by every method, applied "
+                                       "before each method's own: a variant of a preset without a copy of it.")
     output_dir: str = option("runs/experiment", "Run directories, report.md, results.json and the figures.")
     seeds: list[int] = option([0, 1, 2], "Seeds; every method runs once per seed.")
     methods: dict = field(default_factory=dict, metadata={
@@ -52,6 +54,8 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        require(all(isinstance(o, str) and "=" in o for o in self.base_overrides), "base_overrides",
+                "must be a list of KEY=VALUE strings")
         for role, name in self.reference.items():
             require(role in BASELINE_OVERRIDES, f"reference.{role}", "unknown role")
         baselines = {name: list(BASELINE_OVERRIDES[role]) for role, name in self.reference.items()}
@@ -96,12 +100,21 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if not base.is_absolute() and not base.exists():
         base = Path(path).resolve().parent.parent / config.base
     config.base = str(base)
-    for name, method_overrides in config.methods.items():
+    try:
+        load_config(config.base, config.base_overrides)
+    except ConfigError as err:
+        raise ConfigError(f"base_overrides: {err}") from None
+    for name in config.methods:
         try:
-            load_config(config.base, method_overrides)
+            load_config(config.base, method_overrides(config, name))
         except ConfigError as err:
             raise ConfigError(f"methods.{name}: {err}") from None
     return config
+
+
+def method_overrides(config: ExperimentConfig, name: str) -> list[str]:
+    """What a method changes in the base config: the shared overrides, then its own (the later wins)."""
+    return [*config.base_overrides, *config.methods[name]]
 
 
 def run_experiment(config: ExperimentConfig, *, echo: Callable[[str], None] = print,
@@ -122,7 +135,7 @@ def run_experiment(config: ExperimentConfig, *, echo: Callable[[str], None] = pr
             key = f"{name}_seed{seed}"
             if key in results:
                 continue
-            overrides = [f"seed={seed}", f"output_dir={out / 'runs' / key}", *config.methods[name]]
+            overrides = [f"seed={seed}", f"output_dir={out / 'runs' / key}", *method_overrides(config, name)]
             start = time.perf_counter()
             result = run(load_config(config.base, overrides), echo=lambda _: None)
             wall = time.perf_counter() - start
@@ -427,7 +440,9 @@ def write_report(config: ExperimentConfig, results: dict) -> Path:
     seeds = sorted({r["seed"] for r in results.values()})
     groups = config.groups or {"methods": list(config.methods)}
     lines = [f"# Experiment report ({len(seeds)} seeds: {', '.join(map(str, seeds))})", "",
-             f"Base config `{Path(config.base).name}`; every method is the base plus the overrides below, on the "
+             f"Base config `{Path(config.base).name}`"
+             + "".join(f" with `{o}`" for o in config.base_overrides)
+             + "; every method is the base plus the overrides below, on the "
              "same split, shard, AI labels and seed. Tables: the last iteration, mean ± sample standard deviation "
              "over the seeds. ROI: test-accuracy gain over AI-only (same seed) per 1% of the corpus human-labelled; "
              "ROI / Random: that over Random's mean ROI. Figures: every iteration, mean over the seeds (band: ± "

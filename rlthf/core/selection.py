@@ -96,9 +96,7 @@ def select_pairs(
     n = analysis.n
     if human.shape != (n,):
         raise ValueError(f"human_labelled has shape {human.shape}, the curve has {n} pairs")
-    trainable = np.ones(n, dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
-    if trainable.shape != (n,):
-        raise ValueError(f"trainable has shape {trainable.shape}, the curve has {n} pairs")
+    trainable = _trainable_mask(trainable, n)
     if not 0 <= backoff < 1:
         raise ValueError(f"backoff must be in [0, 1), got {backoff}")
     if annotation_size < 0:
@@ -131,6 +129,13 @@ def select_pairs(
                      train_cutoff_rank=cutoff, repeats=repeats)
 
 
+def _trainable_mask(trainable, n: int) -> np.ndarray:
+    mask = np.ones(n, dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"trainable has shape {mask.shape}, the curve has {n} pairs")
+    return mask
+
+
 def _checked_order(order, n: int) -> np.ndarray:
     order = np.asarray(order, dtype=np.int64)
     if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
@@ -145,7 +150,7 @@ def select_random(n: int, human_labelled, *, annotation_size: int, seed: int, tr
     human = np.asarray(human_labelled, dtype=bool)
     if human.shape != (n,):
         raise ValueError(f"human_labelled has shape {human.shape}, expected ({n},)")
-    trainable = np.ones(n, dtype=bool) if trainable is None else np.asarray(trainable, dtype=bool)
+    trainable = _trainable_mask(trainable, n)
     candidates = np.flatnonzero(~human)
     annotate = np.random.default_rng(seed).choice(candidates, size=min(annotation_size, len(candidates)),
                                                   replace=False)

@@ -54,8 +54,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         require(len(self.seeds) >= 1, "seeds", "must list at least one seed")
-        require(all(isinstance(o, str) and "=" in o for o in self.base_overrides), "base_overrides",
-                "must be a list of KEY=VALUE strings")
+        require(is_override_list(self.base_overrides), "base_overrides", "must be a list of KEY=VALUE strings")
         for role, name in self.reference.items():
             require(role in BASELINE_OVERRIDES, f"reference.{role}", "unknown role")
         baselines = {name: list(BASELINE_OVERRIDES[role]) for role, name in self.reference.items()}
@@ -68,11 +67,15 @@ class ExperimentConfig:
                                                                       self.budget_free).items()}
         require(len(self.methods) >= 1, "methods", "must name at least one method")
         for name, overrides in self.methods.items():
-            require(isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides),
-                   f"methods.{name}", "must be a list of KEY=VALUE strings")
+            require(is_override_list(overrides), f"methods.{name}", "must be a list of KEY=VALUE strings")
         for group, names in self.groups.items():
             unknown = [n for n in names if n not in self.methods]
             require(not unknown, f"groups.{group}", f"unknown method {unknown[0]!r}" if unknown else "")
+
+
+def is_override_list(overrides) -> bool:
+    """Whether ``overrides`` is a list of ``KEY=VALUE`` strings, as `--set` takes them."""
+    return isinstance(overrides, list) and all(isinstance(o, str) and "=" in o for o in overrides)
 
 
 BUDGET_MARK = " @ "

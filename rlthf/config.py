@@ -197,9 +197,14 @@ class CurateConfig:
         "paper's); ai: the AI labels with RLTHF's flips; auto: the AI labels, replaced by the reward model's only "
         "where the audit shows it right more often (an exact sign test over thresholds on its margin).")
     alpha: float = option(0.05, "auto: the chance of replacing any AI label when the reward model is no better.")
+    folds: int = option(
+        10, "auto: the corpus is dealt into this many folds, each labelled by the threshold fitted on the other "
+        "folds' audit pairs, so the audit measures the curated labels without bias. 1: one threshold from the "
+        "whole audit (a little more power; the audit's estimate of the curated set then flatters it).")
 
     def __post_init__(self) -> None:
         require(0.0 < self.alpha < 1.0, "curate.alpha", "must be in (0, 1)")
+        require(isinstance(self.folds, int) and self.folds >= 1, "curate.folds", "must be an integer >= 1")
 
 
 @dataclass

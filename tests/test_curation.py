@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlthf.core.audit import audit_sample, estimate_accuracy
-from rlthf.core.curation import CuratedLabels, _critical_wins, cross_fitted_labels, curate
+from rlthf.core.curation import CuratedLabels, _critical_wins, curate
 
 
 def _labels(codes) -> np.ndarray:
@@ -42,42 +42,44 @@ def test_auto_replaces_where_the_rm_wins_significantly_on_the_evidence():
     base, margin, human, evidence, source = hand_example()
     # 10 straight wins pass the corrected sign test (6 of 6 already do), so the best threshold is |margin| 1
     assert _critical_wins(15, 0.05)[9] <= 10
-    curated = curate(base, margin, human, evidence, base_source=source)
+    curated = curate(base, margin, human, evidence, base_source=source, folds=1)
     assert isinstance(curated, CuratedLabels)
     assert list(curated.label[18:]) == ["a", "a", "b", "b", "a", "b", "a", "b"]
     assert list(curated.source[18:]) == ["rm", "rm", "ai", "rm", "ai", "rm", "flipped", "human"]
     assert list(curated.label[:18]) == list(human[:18]) and set(curated.source[:18]) == {"human"}
     decision = curated.decision
-    assert (decision.policy, decision.threshold, decision.evidence_pairs, decision.disagreements,
+    assert (decision.policy, decision.thresholds, decision.evidence_pairs, decision.disagreements,
             decision.rm_right, decision.wins, decision.losses, decision.replaced, decision.filled) == \
-        ("auto", 1.0, 18, 15, 10, 10, 0, 3, 1)
+        ("auto", (1.0,), 18, 15, 10, 10, 0, 3, 1)
+    # one rule: on the evidence, the label it gives is what the corpus pairs of the same margin get
+    assert list(curated.rule_label[:15]) == ["a"] * 10 + ["b"] * 5
     assert decision.reason.startswith("the RM replaced the AI label on 3 pairs where they disagree and |margin| >= 1")
     assert "\n" not in decision.reason
-    assert json.loads(json.dumps(decision.summary()))["threshold"] == 1.0
+    assert json.loads(json.dumps(decision.summary()))["thresholds"] == [1.0]
 
 
 def test_rm_and_ai_policies():
     base, margin, human, evidence, source = hand_example()
-    rm = curate(base, margin, human, evidence, policy="rm", base_source=source)
+    rm = curate(base, margin, human, evidence, policy="rm", base_source=source)  # folds: 'auto' only
     assert list(rm.label[18:]) == ["a", "a", "a", "b", "a", "b", "a", "b"]
     assert list(rm.source[18:]) == ["rm"] * 7 + ["human"]
-    assert (rm.decision.threshold, rm.decision.wins, rm.decision.losses, rm.decision.replaced) == (0.0, 10, 5, 4)
+    assert (rm.decision.thresholds, rm.decision.wins, rm.decision.losses, rm.decision.replaced) == ((0.0,), 10, 5, 4)
     ai = curate(base, margin, human, evidence, policy="ai", base_source=source)
     assert list(ai.label[18:]) == ["b", "b", "b", "a", "a", "b", "a", "b"]
     assert list(ai.source[18:]) == ["ai"] * 5 + ["rm", "flipped", "human"]
-    assert (ai.decision.threshold, ai.decision.replaced, ai.decision.filled) == (math.inf, 0, 1)
-    assert ai.decision.summary()["threshold"] is None
+    assert (ai.decision.thresholds, ai.decision.replaced, ai.decision.filled) == ((math.inf,), 0, 1)
+    assert ai.decision.summary()["thresholds"] == [None]
     assert list(curate(base, margin, human, evidence, policy="ai").source[18:]) == ["ai"] * 5 + ["rm", "ai", "human"]
 
 
 def test_auto_keeps_the_ai_labels_without_significant_evidence():
     base, margin, human, evidence, _ = hand_example()
-    few = curate(base, margin, human, [0, 1, 2], base_source=None)  # 3 wins of 3: p = 1/8
-    assert few.decision.threshold == math.inf and few.decision.replaced == 0
+    few = curate(base, margin, human, [0, 1, 2], base_source=None, folds=1)  # 3 wins of 3: p = 1/8
+    assert few.decision.thresholds == (math.inf,) and few.decision.replaced == 0
     assert few.decision.reason.startswith("kept the AI labels: on the 3 evidence pairs where they disagree")
     assert list(few.label[18:23]) == ["b", "b", "b", "a", "a"]
     none = curate(base, margin, human, np.zeros(len(base), bool))
-    assert none.decision.threshold == math.inf and "no evidence pair" in none.decision.reason
+    assert set(none.decision.thresholds) == {math.inf} and "no evidence pair" in none.decision.reason
     assert list(none.label[18:]) == list(few.label[18:])
 
 
@@ -86,23 +88,28 @@ def test_a_threshold_takes_all_pairs_of_equal_margin_or_none():
     base = np.array(["b"] * 18, dtype=object)
     margin = np.array([3.0] * 12 + [1.0] * 6)
     human = np.array(["a"] * 12 + ["b"] * 4 + ["a"] * 2, dtype=object)
-    decision = curate(base, margin, human, np.arange(18)).decision
-    assert (decision.threshold, decision.wins, decision.losses) == (3.0, 12, 0)
+    decision = curate(base, margin, human, np.arange(18), folds=1).decision
+    assert (decision.thresholds, decision.wins, decision.losses) == ((3.0,), 12, 0)
 
 
-def test_cross_fitted_labels_ignore_each_pairs_own_human_label():
+def test_each_fold_is_labelled_by_a_rule_that_never_saw_its_evidence():
     base, margin, human, evidence, _ = hand_example()
-    labels = cross_fitted_labels(base, margin, human, evidence, folds=3, seed=1)
-    assert all(v is None for v in labels[18:]) and set(labels[:18]) <= {"a", "b"}
-    np.testing.assert_array_equal(labels, cross_fitted_labels(base, margin, human, evidence, folds=3, seed=1))
-    for pair in range(18):
+    curated = curate(base, margin, human, evidence, folds=3, seed=1)
+    assert len(curated.decision.thresholds) == 3
+    no_human = np.array([h is None for h in human])
+    assert list(curated.label[no_human]) == list(curated.rule_label[no_human])
+    again = curate(base, margin, human, evidence, folds=3, seed=1)
+    np.testing.assert_array_equal(curated.rule_label, again.rule_label)
+    for pair in range(18):  # an evidence pair's own human label never reaches the label its rule gives it
         changed = human.copy()
         changed[pair] = "b" if human[pair] == "a" else "a"
-        assert cross_fitted_labels(base, margin, changed, evidence, folds=3, seed=1)[pair] == labels[pair]
-    rm = cross_fitted_labels(base, margin, human, evidence, policy="rm")
-    assert list(rm[:18]) == ["a"] * 18
-    ai = cross_fitted_labels(base, margin, human, evidence, policy="ai")
-    assert list(ai[:18]) == list(base[:18])
+        assert curate(base, margin, changed, evidence, folds=3, seed=1).rule_label[pair] == curated.rule_label[pair]
+    # wins and losses count the evidence pairs each fold's rule replaced, against their human label
+    replaced = [i for i in range(18) if curated.rule_label[i] != base[i]]
+    assert curated.decision.wins == sum(curated.rule_label[i] == human[i] for i in replaced)
+    assert curated.decision.losses == len(replaced) - curated.decision.wins
+    assert list(curate(base, margin, human, evidence, policy="rm", folds=3).rule_label[:18]) == ["a"] * 18
+    assert list(curate(base, margin, human, evidence, policy="ai", folds=3).rule_label[:18]) == list(base[:18])
 
 
 @pytest.mark.parametrize("change, argument", [
@@ -117,6 +124,9 @@ def test_cross_fitted_labels_ignore_each_pairs_own_human_label():
     (dict(evidence=[0, 26]), "evidence"),
     (dict(evidence=np.ones(25, bool)), "evidence"),
     (dict(base_source=["ai"] * 25), "base_source"),
+    (dict(folds=0), "folds"),
+    (dict(folds=2.0), "folds"),
+    (dict(folds=True), "folds"),
 ])
 def test_curate_errors_name_the_argument(change, argument):
     base, margin, human, evidence, _ = hand_example()
@@ -124,13 +134,6 @@ def test_curate_errors_name_the_argument(change, argument):
     with pytest.raises(ValueError, match=f"^{argument}"):
         curate(given.pop("base_label"), given.pop("rm_margin"), given.pop("human_label"), given.pop("evidence"),
                **given)
-
-
-@pytest.mark.parametrize("folds", [1, 2.0, True])
-def test_cross_fitted_labels_need_two_folds_or_more(folds):
-    base, margin, human, evidence, _ = hand_example()
-    with pytest.raises(ValueError, match="^folds"):
-        cross_fitted_labels(base, margin, human, evidence, folds=folds)
 
 
 def test_the_corrected_sign_test_holds_its_level_where_the_plain_one_does_not():
@@ -181,12 +184,12 @@ def synthetic_run(seed: int, regime: str) -> dict:
     run = {"rm_alone": np.mean(np.where(margin >= 0, 1, -1) == truth),
            "disagreements": np.sum((np.where(margin >= 0, 1, -1) != base) & (human == 0))}
     for policy in ("ai", "rm", "auto"):
-        curated = curate(base_label, margin, human_label, audited, policy=policy)
+        curated = curate(base_label, margin, human_label, audited, policy=policy, seed=seed)
         run[policy] = np.mean(curated.label == true_label)
         run[f"{policy}_replaced"] = curated.decision.replaced
-    # the audit's estimates of the AI labels and the RM are tested in test_audit.py; this one needs cross-fitting
-    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=cross_fitted_labels(
-        base_label, margin, human_label, audited, seed=seed))
+    # the audit's estimates of the AI labels and the RM are tested in test_audit.py; this one reads each audit
+    # pair with the label of its fold's rule
+    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label)
     run["auto_covered"] = estimate.low <= run["auto"] <= estimate.high
     run["auto_error"] = estimate.value - run["auto"]
     return run
@@ -204,9 +207,9 @@ def test_auto_is_never_worse_than_the_ai_labels_when_the_rm_is_weaker(regime):
     assert runs["rm_alone"].mean() == pytest.approx(0.62, abs=0.01)
     # the paper's policy ships a worse dataset than the AI labels it started from
     assert runs["rm"].mean() < runs["ai"].mean() - 0.08
-    # (with more seeds an unlucky audit now and then lets a threshold through: about 1 in 200, see the module)
+    # an unlucky audit now and then lets a fold's threshold through (2 runs of 50 here), costing a few pairs
     assert (runs["auto"] >= runs["ai"] - 0.005).all()
-    assert runs["auto"].mean() >= runs["ai"].mean()
+    assert runs["auto"].mean() >= runs["ai"].mean() - 0.0005
 
 
 def test_auto_follows_the_rm_where_it_is_stronger():
@@ -220,7 +223,7 @@ def test_auto_follows_the_rm_where_it_is_stronger():
 
 
 @pytest.mark.parametrize("regime", ["weak", "weak_flat", "strong"])
-def test_the_cross_fitted_estimate_of_auto_covers_its_true_accuracy(regime):
+def test_the_audit_estimate_of_auto_covers_its_true_accuracy(regime):
     runs = regime_runs(regime)
-    assert runs["auto_covered"].mean() >= 0.8
+    assert runs["auto_covered"].mean() >= 0.9
     assert abs(runs["auto_error"].mean()) < 0.01

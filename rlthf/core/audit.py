@@ -8,9 +8,11 @@ yet (:func:`audit_sample`). The corpus then splits into
 - U, the rest: the audit, being a uniform sample of U plus itself, estimates the labelling's accuracy on U by
   its own proportion ``p_hat``.
 
-The corpus accuracy is ``(correct_in_K + |U| * p_hat) / N``, unbiased, with the Wilson interval of ``p_hat``
-mapped through the same affine function (:func:`corpus_accuracy`). Human labels are taken as the truth: every
-accuracy here is agreement with the annotators.
+The corpus accuracy is ``(correct_in_K + |U| * p_hat) / N``, unbiased. Its interval is for the accuracy on U,
+itself one draw: the audit and U split one pool at random, so ``p_hat - p_U`` varies as ``p(1 - p) (1/n + 1/|U|)``,
+not ``p(1 - p) / n``; the Wilson interval of ``p_hat`` at that effective size ``n |U| / (n + |U|)`` is mapped
+through the same affine function (:func:`corpus_accuracy`). Human labels are taken as the truth: every accuracy
+here is agreement with the annotators.
 
 Typical use (``human_label`` gets the audit's labels before the estimates)::
 
@@ -20,8 +22,8 @@ Typical use (``human_label`` gets the audit's labels before the estimates)::
     pool = no_human_label
     rm = estimate_accuracy(rm_label[pool], human_label[pool], np.isin(np.flatnonzero(pool), audited))
     # the curated set: the human label on K; on the audit, the label the curation rule gives without it
-    curated = estimate_accuracy(curated_label, human_label, audited,
-                                audit_labels=cross_fitted_labels(base_label, rm_margin, human_label, audited))
+    curated = curate(base_label, rm_margin, human_label, audited)
+    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label)
 """
 from __future__ import annotations
 
@@ -111,8 +113,10 @@ def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int,
     """Accuracy over ``known_pairs + unaudited_pairs`` pairs: ``(known_correct + unaudited_pairs * p_hat) / N``.
 
     ``p_hat = audit_correct / audit_pairs`` is unbiased for the unaudited pairs when the audit is a uniform sample
-    of them and itself. The interval is the Wilson interval of ``p_hat`` mapped through the same affine function;
-    the known pairs add no uncertainty. Keyword-only, because five counts in a row are easy to swap.
+    of them and itself. The interval is the Wilson interval of ``p_hat`` at the effective size
+    ``audit_pairs * unaudited_pairs / (audit_pairs + unaudited_pairs)`` (the unaudited pairs' accuracy is a draw
+    too), mapped through the same affine function; the known pairs add no uncertainty. Keyword-only, because
+    five counts in a row are easy to swap.
 
     Parameters
     ----------
@@ -152,9 +156,10 @@ def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int,
     elif audit_pairs == 0:
         value, low, high = math.nan, known_correct / pairs, (known_correct + unaudited_pairs) / pairs
     else:
-        share_low, share_high = wilson_interval(audit_correct, audit_pairs, z)
+        audit_share = audit_correct / audit_pairs
+        effective = audit_pairs * unaudited_pairs / (audit_pairs + unaudited_pairs)
         value, low, high = ((known_correct + unaudited_pairs * share) / pairs
-                            for share in (audit_correct / audit_pairs, share_low, share_high))
+                            for share in (audit_share, *wilson_interval(audit_share * effective, effective, z)))
     return AccuracyEstimate(value=float(value), low=float(low), high=float(high), pairs=int(pairs),
                             z=float(z), **{name: int(count) for name, count in counts.items()})
 
@@ -174,7 +179,8 @@ def estimate_accuracy(labels, human_label, audited, *, audit_labels=None, z: flo
         Each must have a human label.
     audit_labels : array-like of {'a', 'b', None}, shape (n,), optional
         The label each audit pair would carry without its human label, when ``labels`` uses the human label there
-        (for a curated set: :func:`rlthf.core.curation.cross_fitted_labels`); read on the audit pairs only.
+        (for a curated set: ``CuratedLabels.rule_label`` of :func:`rlthf.core.curation.curate`); read on the audit
+        pairs only.
         Default: ``labels``.
     z : float, default=1.96
         The normal quantile of the interval.

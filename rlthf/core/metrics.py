@@ -6,8 +6,8 @@ import math
 import numpy as np
 
 
-def wilson_interval(correct: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``correct / n`` (95% for z = 1.96)."""
+def wilson_interval(correct: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``correct / n`` (95% for z = 1.96); ``n`` may be an effective size."""
     if n == 0:
         return (float("nan"), float("nan"))
     p = correct / n

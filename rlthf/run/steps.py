@@ -17,7 +17,7 @@ from rlthf.annotation.store import AUDIT_ITERATION
 from rlthf.cluster.session import init_ray
 from rlthf.config import RLTHFConfig, SelectionConfig
 from rlthf.core.audit import audit_sample, estimate_accuracy
-from rlthf.core.curation import cross_fitted_labels, curate
+from rlthf.core.curation import CuratedLabels, curate
 from rlthf.core.curve import analyze_curve
 from rlthf.core.labels import PAIR_TEXT, hash_unit, label_sign, rm_labels
 from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
@@ -474,10 +474,11 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
         margin = (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
         inputs = curation_inputs(corpus, labels, ai_labels, audit, config.curate.policy)
         curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
-                         base_source=inputs["source"], alpha=config.curate.alpha)
+                         base_source=inputs["source"], alpha=config.curate.alpha, folds=config.curate.folds,
+                         seed=config.seed)
         frame = preference_pairs(corpus, curated.label, curated.source, margin * label_sign(curated.label))
         atomic_write_parquet(path, frame.assign(in_shard=corpus["in_shard"].to_numpy()))
-        estimates = audit_estimates(config, corpus, margin, inputs, curated)
+        estimates = audit_estimates(margin, inputs, curated)
         atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
                                          "ai_labels_source": config.ai_labels.source,
                                          "curation": curated.decision.summary(), "checkpoint": str(checkpoint)})
@@ -510,16 +511,16 @@ def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.Da
     return {"base": base, "source": source, "ai": ai, "human": human, "audited": audited, "in_shard": in_shard}
 
 
-def audit_estimates(config: RLTHFConfig, corpus: pd.DataFrame, margin: np.ndarray, inputs: dict, curated) -> dict:
+def audit_estimates(margin: np.ndarray, inputs: dict, curated: CuratedLabels) -> dict:
     """The audit's estimates, with 95% intervals, of the AI labels (where the AI gave one), the final reward
-    model (on the pairs without a targeted human label) and the curated set (cross-fitted on the audit)."""
+    model (on the pairs without a targeted human label) and the curated set (each audit pair read with the label
+    the rule of its fold gives it, a rule fitted without it)."""
     human, audited, ai = inputs["human"], inputs["audited"], inputs["ai"]
     if not audited.any():
         return {"audit_pairs": 0}
     has_ai = pd.notna(ai)
     targeted = pd.notna(human) & ~audited
-    would_be = cross_fitted_labels(inputs["base"], margin, human, audited, policy=config.curate.policy,
-                                   seed=config.seed, alpha=config.curate.alpha)
+    would_be = curated.rule_label
     estimates = {
         "ai": estimate_accuracy(ai[has_ai], human[has_ai], audited[has_ai]),
         "rm": estimate_accuracy(rm_labels(margin, 0.0)[~targeted], human[~targeted], audited[~targeted]),

@@ -108,6 +108,8 @@ def test_each_fold_is_labelled_by_a_rule_that_never_saw_its_evidence():
     replaced = [i for i in range(18) if curated.rule_label[i] != base[i]]
     assert curated.decision.wins == sum(curated.rule_label[i] == human[i] for i in replaced)
     assert curated.decision.losses == len(replaced) - curated.decision.wins
+    # more folds than pairs: every fold still gets its threshold (the empty ones label nothing)
+    assert len(curate(base[:3], margin[:3], human[:3], [0, 1, 2]).decision.thresholds) == 10
     assert list(curate(base, margin, human, evidence, policy="rm", folds=3).rule_label[:18]) == ["a"] * 18
     assert list(curate(base, margin, human, evidence, policy="ai", folds=3).rule_label[:18]) == list(base[:18])
 

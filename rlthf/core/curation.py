@@ -119,12 +119,13 @@ def curate(base_label, rm_margin, human_label, evidence, *, policy: str = "auto"
     base, margin, human, evidence_mask = _checked_inputs(base_label, rm_margin, human_label, evidence)
     _check_options(policy, alpha, folds)
     sources = _checked_sources(base_source, len(base))
-    fold = _deal(evidence_mask, folds if policy == "auto" else 1, seed)
+    fold_count = folds if policy == "auto" else 1  # 'ai' and 'rm' fit nothing
+    fold = _deal(evidence_mask, fold_count, seed)
     rule, takes_rm = np.empty(len(base), dtype=np.int8), np.empty(len(base), dtype=bool)
     thresholds = []
-    for k in range(fold.max(initial=0) + 1):
+    for k in range(fold_count):
         in_fold = fold == k
-        fitted_on = evidence_mask & ~in_fold if folds > 1 else evidence_mask
+        fitted_on = evidence_mask & ~in_fold if fold_count > 1 else evidence_mask
         thresholds.append(_threshold(policy, base, margin, human, fitted_on, alpha))
         rule[in_fold], takes_rm[in_fold] = _rule_labels(policy, base[in_fold], margin[in_fold], thresholds[-1])
     has_human = human != 0

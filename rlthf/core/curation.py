@@ -19,7 +19,7 @@ helps when the RM is better than the AI labels, and often it is not. The policie
   something with one threshold, 3.7% with ten folds).
 
 Cross-fitting. A threshold chosen on the audit and then measured on the same audit looks better than it is
-(by 2-5 points in ``benchmarks/audit_coverage.py``), and measuring it instead by cross-validation (the threshold
+(by 1.5-5 points in ``benchmarks/audit_coverage.py``), and measuring it instead by cross-validation (the threshold
 refitted without each audit pair) measures a different rule, pessimistically: its 95% interval held the truth in
 80-86% of the simulated runs where the RM was better and the audit small. So ``'auto'`` deals the corpus into
 ``folds`` folds and labels each fold with the threshold fitted on the evidence of the other folds. Every label is
@@ -27,7 +27,7 @@ then given by a rule that never saw the audit pairs of its fold, and those pairs
 (``CuratedLabels.rule_label``), measure it without bias (:func:`rlthf.core.audit.estimate_accuracy`): mean error
 within 0.7 points, intervals holding the truth in 90-95% of the runs (not quite 95%: a fold's rule still adapts
 to the other folds' audit pairs, whose own rules adapt to it). The price is that each rule sees
-``(folds - 1) / folds`` of the evidence (0.1-0.7 points of curated accuracy in the same simulations).
+``(folds - 1) / folds`` of the evidence (0.0-0.7 points of curated accuracy in the same simulations).
 """
 from __future__ import annotations
 

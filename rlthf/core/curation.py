@@ -121,16 +121,17 @@ def curate(base_label, rm_margin, human_label, evidence, *, policy: str = "auto"
     sources = _checked_sources(base_source, len(base))
     fold_count = folds if policy == "auto" else 1  # 'ai' and 'rm' fit nothing
     fold = _deal(evidence_mask, fold_count, seed)
+    rm = _rm_codes(margin)
     rule, takes_rm = np.empty(len(base), dtype=np.int8), np.empty(len(base), dtype=bool)
     thresholds = []
     for k in range(fold_count):
         in_fold = fold == k
         fitted_on = evidence_mask & ~in_fold if fold_count > 1 else evidence_mask
-        thresholds.append(_threshold(policy, base, margin, human, fitted_on, alpha))
-        rule[in_fold], takes_rm[in_fold] = _rule_labels(policy, base[in_fold], margin[in_fold], thresholds[-1])
+        thresholds.append(_threshold(policy, base, rm, margin, human, fitted_on, alpha))
+        rule[in_fold], takes_rm[in_fold] = _rule_labels(policy, base[in_fold], rm[in_fold], margin[in_fold],
+                                                        thresholds[-1])
     has_human = human != 0
     source = np.where(has_human, "human", np.where(takes_rm, "rm", sources)).astype(object)
-    rm = _rm_codes(margin)
     with_base = evidence_mask & (base != 0)
     disagree = with_base & (rm != base)
     replaced_evidence = disagree & takes_rm
@@ -155,14 +156,15 @@ def _deal(evidence: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def _threshold(policy: str, base, margin, human, evidence, alpha: float) -> float:
-    """The policy's threshold on |margin| (codes: +1 'a', -1 'b', 0 none); for 'auto', fitted on ``evidence``."""
+def _threshold(policy: str, base, rm, margin, human, evidence, alpha: float) -> float:
+    """The policy's threshold on |margin| (codes: +1 'a', -1 'b', 0 none; ``rm`` the RM's); for 'auto', fitted
+    on ``evidence``."""
     if policy != "auto":
         return 0.0 if policy == "rm" else math.inf
-    disagree = evidence & (base != 0) & (_rm_codes(margin) != base)
+    disagree = evidence & (base != 0) & (rm != base)
     strength = np.abs(margin[disagree])
     order = np.argsort(-strength, kind="stable")
-    strength, rm_right = strength[order], (_rm_codes(margin) == human)[disagree][order]
+    strength, rm_right = strength[order], (rm == human)[disagree][order]
     if len(strength) == 0:
         return math.inf
     wins = np.cumsum(rm_right)
@@ -222,9 +224,8 @@ def _sign_test_table(size: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return critical, crossing
 
 
-def _rule_labels(policy: str, base, margin, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The codes the rule gives pairs without a human label, and where they are the RM's."""
-    rm = _rm_codes(margin)
+def _rule_labels(policy: str, base, rm, margin, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """The codes the rule gives pairs without a human label, and where they are the RM's (``rm``: its codes)."""
     takes_rm = (base == 0) | ((rm != base) & (np.abs(margin) >= threshold))
     if policy == "rm":
         takes_rm[:] = True

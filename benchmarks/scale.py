@@ -69,7 +69,7 @@ def run_config(data: Path, backbone: Path, output_dir: Path) -> dict:
         "annotation": {"annotator": "simulated", "budget": "2%", "audit_fraction": 0.002},
         "selection": {"iterations": 2},
         "reward": {"backend": "encoder_head", "model": str(backbone), "max_length": 64, "head": "linear",
-                   "epochs": 5, "batch_size": 256, "cpus_per_worker": 2, "score_batch_size": 512,
+                   "epochs": 5, "batch_size": 256, "cpus_per_worker": 1, "score_batch_size": 512,
                    "score_concurrency": 2},
     }
 

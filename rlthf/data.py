@@ -26,15 +26,15 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
 from rlthf.config import ConfigError
 from rlthf.core.dialogue import ASSISTANT_TURN, split_transcript
-from rlthf.core.labels import LABEL_COLUMNS, LABELS, PAIR_COLUMNS, VERDICTS, combine_orders, hash_unit
-from rlthf.rundir import atomic_write_jsonl
+from rlthf.core.labels import LABEL_COLUMNS, LABELS, PAIR_COLUMNS, PAIR_TEXT, VERDICTS, combine_orders, hash_unit
+from rlthf.rundir import atomic_write_jsonl, replace_when_done
 
 if TYPE_CHECKING:
     import ray.data
@@ -134,14 +134,73 @@ def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_inva
     """
     _check_read_options(format, on_invalid, label_columns)
     source, rows, style = _open_source(path, format, hf_split)
-    pairs, extras, rejected = _read_records(
-        source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
-        label_columns=tuple(label_columns), group_column=group_column)
-    frame = _pairs_frame(pairs, extras)
+    rejected: list[InvalidRecord] = []
+    records = list(_read_records(source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
+                                 label_columns=tuple(label_columns), group_column=group_column, rejected=rejected))
+    frame = _pairs_frame([pair for pair, _ in records], [extra for _, extra in records])
     for column, role in [(group_column, "group")] + [(c, "AI label") for c in label_columns]:
         if column is not None and column not in frame.columns:
             raise MissingColumnError(source, column, role, frame.columns)
     return frame, rejected
+
+
+def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pairs: int = 20_000,
+                          derive: Callable[[pd.DataFrame], dict] | None = None, format: str = "auto",
+                          seed: int = 0, on_invalid: str = "skip", max_pairs: int | None = None,
+                          hf_split: str = "train", label_columns: Sequence[str] = (),
+                          group_column: str | None = None) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+    """:func:`read_pairs` for a corpus larger than memory: the texts stream to ``texts_path`` and only the rest
+    comes back.
+
+    Every ``chunk_pairs`` valid pairs, their ``PAIR_TEXT`` columns are appended to the Parquet file
+    ``texts_path`` (written to a temporary name and renamed when complete), in file order. The returned frame
+    is :func:`read_pairs`' without ``prompt``, ``response_a`` and ``response_b``, plus the columns that
+    ``derive`` makes of each chunk while its texts are still at hand (``derive(chunk) -> {name: values}``, one
+    value per row of the chunk, which has ``PAIR_COLUMNS`` and no extras). Other arguments as in
+    :func:`read_pairs`.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _check_read_options(format, on_invalid, label_columns)
+    source, rows, style = _open_source(path, format, hf_split)
+    rejected: list[InvalidRecord] = []
+    records = _read_records(source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
+                            label_columns=tuple(label_columns), group_column=group_column, rejected=rejected)
+    index_columns = tuple(c for c in PAIR_COLUMNS if c not in PAIR_TEXT[1:])
+    text_schema = pa.schema([pa.field(c, pa.string()) for c in PAIR_TEXT])
+    kept: list[pd.DataFrame] = []
+    extras: list[dict] = []
+    no_extras: dict = {}  # one shared empty dict for the many records without extras (all of hh_rlhf's)
+    with replace_when_done(texts_path) as partial, pq.ParquetWriter(partial, text_schema) as writer:
+        for chunk in _chunks(records, chunk_pairs):
+            frame = _pairs_frame([pair for pair, _ in chunk], [{} for _ in chunk])
+            writer.write_table(pa.Table.from_pandas(frame[list(PAIR_TEXT)], schema=text_schema,
+                                                    preserve_index=False))
+            kept.append(frame[list(index_columns)].assign(**(derive(frame) if derive else {})))
+            extras.extend(extra or no_extras for _, extra in chunk)
+    frame = pd.concat(kept, ignore_index=True) if kept else _pairs_frame([], [], index_columns)
+    derived = {name: frame.pop(name).to_numpy() for name in list(frame.columns) if name not in index_columns}
+    frame = pd.concat([frame, _pairs_frame([{}] * len(frame), extras, ())], axis=1)
+    for name, values in derived.items():
+        if name in frame.columns:
+            raise ValueError(f"{path}: the data has a column {name!r}, a name the run derives itself")
+        frame[name] = values
+    for column, role in [(group_column, "group")] + [(c, "AI label") for c in label_columns]:
+        if column is not None and column not in frame.columns and column not in PAIR_TEXT:
+            raise MissingColumnError(source, column, role, frame.columns)
+    return frame, rejected
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def load_pairs(path: str | Path, *, rejected_path: str | Path | None = None, **read_kwargs: Any) -> ray.data.Dataset:
@@ -161,16 +220,20 @@ def load_pairs(path: str | Path, *, rejected_path: str | Path | None = None, **r
     return ray.data.from_arrow(_arrow_table(pairs))
 
 
-def read_configured_pairs(config: RLTHFConfig) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+def read_configured_pairs(config: RLTHFConfig, texts_path: str | Path | None = None,
+                          derive: Callable[[pd.DataFrame], dict] | None = None,
+                          ) -> tuple[pd.DataFrame, list[InvalidRecord]]:
     """:func:`read_pairs` as a run config says: ``data.*``, ``seed``, the AI label columns when
-    ``ai_labels.source`` is ``column`` and ``data.group_column``. A column the data lacks is a
+    ``ai_labels.source`` is ``column`` and ``data.group_column``; with ``texts_path``,
+    :func:`read_pairs_to_parquet` (the texts go there, ``derive`` as it says). A column the data lacks is a
     :class:`~rlthf.config.ConfigError` that starts with the key that names it."""
     d, a = config.data, config.ai_labels
-    label_columns = ai_label_columns(a)
+    options = dict(format=d.format, seed=config.seed, on_invalid=d.on_invalid, max_pairs=d.max_pairs,
+                   hf_split=d.hf_split, label_columns=ai_label_columns(a), group_column=d.group_column)
     try:
-        return read_pairs(d.path, format=d.format, seed=config.seed, on_invalid=d.on_invalid,
-                          max_pairs=d.max_pairs, hf_split=d.hf_split, label_columns=label_columns,
-                          group_column=d.group_column)
+        if texts_path is None:
+            return read_pairs(d.path, **options)
+        return read_pairs_to_parquet(d.path, texts_path, derive=derive, **options)
     except MissingColumnError as missing:
         if missing.role == "group":
             key = "data.group_column"
@@ -243,32 +306,52 @@ def choose_shard(ids: Iterable[str], shard_fraction: float, seed: int, groups: I
     ``groups`` (every pair its own group) the shard is exactly that many pairs, those with the smallest hash of
     their id. Ties in distance go to the smaller shard. ``groups`` as in :func:`split_test` (salt ``"shard"``).
     """
-    keys = _group_keys(ids, groups)
-    if len(keys) == 0:
+    return shard_by_draw(hash_unit(seed, "shard", _group_keys(ids, groups)), shard_fraction)
+
+
+def shard_by_draw(shard_draw: np.ndarray, shard_fraction: float) -> np.ndarray:
+    """:func:`choose_shard` from each pair's group hash (``hash_unit(seed, "shard", group key)``): the hash
+    names the group (two keys with one 53-bit hash would count as one group) and orders the groups."""
+    shard_draw = np.asarray(shard_draw, dtype=float)
+    if len(shard_draw) == 0:
         return np.zeros(0, dtype=bool)
-    codes, uniques = pd.factorize(keys)
-    order = np.argsort(hash_unit(seed, "shard", uniques), kind="stable")
+    codes, uniques = pd.factorize(shard_draw)
+    order = np.argsort(uniques, kind="stable")
     pairs_so_far = np.cumsum(np.bincount(codes, minlength=len(uniques))[order])
-    target = max(1, round(shard_fraction * len(keys)))
+    target = max(1, round(shard_fraction * len(shard_draw)))
     count = int(np.argmin(np.abs(pairs_so_far - target))) + 1
     chosen = np.zeros(len(uniques), dtype=bool)
     chosen[order[:count]] = True
     return chosen[codes]
 
 
-def split_and_shard(pairs: pd.DataFrame, data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The run's ``is_test`` and ``in_shard`` per row, grouped by ``data.group_column``: the test split by
-    :func:`split_test`, the shard by :func:`choose_shard` among the other pairs. A missing column is a
+def group_draws(pairs: pd.DataFrame, data: DataConfig, seed: int) -> dict[str, np.ndarray]:
+    """Each pair's group hashes that decide its splits: ``test_draw`` (salt ``"test"``) and ``shard_draw``
+    (salt ``"shard"``), grouped by ``data.group_column``. A missing column is a
     :class:`~rlthf.config.ConfigError` naming ``data.group_column``."""
     if data.group_column not in pairs.columns:
         raise ConfigError(f"data.group_column: the pairs have no column {data.group_column!r}; "
                           f"they have {', '.join(pairs.columns)}")
-    ids, groups = pairs["id"].to_numpy(), pairs[data.group_column].to_numpy(dtype=object)
-    is_test = split_test(ids, data.test_fraction, seed, groups=groups)
+    keys = _group_keys(pairs["id"].to_numpy(), pairs[data.group_column].to_numpy(dtype=object))
+    return {"test_draw": hash_unit(seed, "test", keys), "shard_draw": hash_unit(seed, "shard", keys)}
+
+
+def split_by_draws(test_draw: np.ndarray, shard_draw: np.ndarray, data: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``is_test`` and ``in_shard`` from :func:`group_draws`: the test split as :func:`split_test`, the shard
+    as :func:`choose_shard` among the other pairs."""
+    is_test = np.asarray(test_draw, dtype=float) < data.test_fraction
     train = np.flatnonzero(~is_test)
-    in_shard = np.zeros(len(pairs), dtype=bool)
-    in_shard[train[choose_shard(ids[train], data.shard_fraction, seed, groups=groups[train])]] = True
+    in_shard = np.zeros(len(is_test), dtype=bool)
+    in_shard[train[shard_by_draw(np.asarray(shard_draw, dtype=float)[train], data.shard_fraction)]] = True
     return is_test, in_shard
+
+
+def split_and_shard(pairs: pd.DataFrame, data: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The run's ``is_test`` and ``in_shard`` per row, grouped by ``data.group_column``: the test split by
+    :func:`split_test`, the shard by :func:`choose_shard` among the other pairs. A missing column is a
+    :class:`~rlthf.config.ConfigError` naming ``data.group_column``."""
+    draws = group_draws(pairs, data, seed)
+    return split_by_draws(draws["test_draw"], draws["shard_draw"], data)
 
 
 def _group_keys(ids: Iterable[str], groups: Iterable | None) -> np.ndarray:
@@ -313,15 +396,13 @@ def _check_read_options(format: str, on_invalid: str, label_columns: Sequence[st
 
 def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, seed: int, on_invalid: str,
                   max_pairs: int | None, label_columns: tuple[str, ...], group_column: str | None,
-                  ) -> tuple[list[dict], list[dict], list[InvalidRecord]]:
-    """The valid pairs, their extra fields (empty for ``hh_rlhf``) and the rejected records, in file order."""
+                  rejected: list[InvalidRecord]) -> Iterator[tuple[dict, dict]]:
+    """The valid pairs with their extra fields (empty for ``hh_rlhf``), in file order; the rejected records
+    are appended to ``rejected`` as they are met."""
     parse = _parse_transcripts if style == "hh_rlhf" else _parse_pairs
-    pairs: list[dict] = []
-    extras: list[dict] = []
-    rejected: list[InvalidRecord] = []
     line_of_id: dict[str, int] = {}
     for line, row in rows:
-        if max_pairs is not None and len(pairs) >= max_pairs:
+        if max_pairs is not None and len(line_of_id) >= max_pairs:
             break
         try:
             record = _as_record(row)
@@ -336,9 +417,7 @@ def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, s
             rejected.append(error)
             continue
         line_of_id[pair["id"]] = line
-        pairs.append(pair)
-        extras.append(extra)
-    return pairs, extras, rejected
+        yield pair, extra
 
 
 # Sources: each yields (1-based line or row number, raw row); a jsonl row is the line's text.
@@ -493,9 +572,9 @@ def _pair(pid: str, prompt: str, response_a: str, response_b: str, human_label: 
             "human_label": human_label, "label": None, "label_source": None}
 
 
-def _pairs_frame(pairs: list[dict], extras: list[dict]) -> pd.DataFrame:
+def _pairs_frame(pairs: list[dict], extras: list[dict], names: Sequence[str] = PAIR_COLUMNS) -> pd.DataFrame:
     columns = {}
-    for name in PAIR_COLUMNS:
+    for name in names:
         dtype = object if name in LABEL_COLUMNS else str  # object: None stays None instead of becoming NaN
         columns[name] = pd.Series([p[name] for p in pairs], dtype=dtype)
     for name in dict.fromkeys(name for extra in extras for name in extra):  # first appearance, no repeats

@@ -5,7 +5,8 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -39,12 +40,20 @@ def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 
 
 def atomic_write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    with replace_when_done(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+@contextmanager
+def replace_when_done(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; it replaces ``path`` when the block ends without an error
+    (and is removed when it raises), so a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import pytest
 from rlthf.annotation.annotators import SimulatedHuman
 from rlthf.config import load_config
 from rlthf.data import read_pairs
+from rlthf.run.corpus import write_texts
 from rlthf.run.steps import audit_step, curate_step
 from rlthf.rundir import RunDir
 
@@ -46,6 +47,7 @@ def corpus_run(tmp_path, hh_rlhf_path):
                            "ai_label": ai[:len(shard)].astype(object), "initial_source": "ai"})
     rd = RunDir(tmp_path / "run")
     rd.mark_done("prepare", pairs=300, test=50, truth_flipped_fraction=0.0, audit_reserved=60)
+    write_texts(rd, pairs)
     return rd, pairs, corpus, labels, ai_labels
 
 

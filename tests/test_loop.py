@@ -130,7 +130,7 @@ def test_file_queue_stops_for_people_and_resumes_with_their_answers(ray_local, s
     curated = pd.read_parquet(result.curated_path).set_index("id")
     human = curated[curated["label_source"] == "human"]
     assert sorted(human.index) == sorted(requested)
-    chosen_is_a = human["chosen"] == pd.read_parquet(tmp_path / "run/data/pairs.parquet").set_index("id")[
+    chosen_is_a = human["chosen"] == pd.read_parquet(tmp_path / "run/data/texts.parquet").set_index("id")[
         "response_a"].reindex(human.index)
     assert (chosen_is_a.map({True: "a", False: "b"}) == truth[human.index]).all()
     assert result.metrics[-1]["human_labels"] == 9 and result.summary["audit_labels"] == len(requested) - 9

@@ -7,6 +7,7 @@ import pandas as pd
 
 from rlthf.annotation.annotators import SimulatedHuman
 from rlthf.config import load_config
+from rlthf.run.corpus import write_texts
 from rlthf.run.steps import validate_step
 from rlthf.rundir import RunDir
 
@@ -26,6 +27,7 @@ def setup(tmp_path, human_truth: str):
     human = SimulatedHuman(tmp_path, {i: human_truth for i in ids})
     rd = RunDir(tmp_path / "run")
     rd.mark_done("prepare", pairs=N, test=0)  # validation always runs after prepare (the budget reads its counts)
+    write_texts(rd, shard)
     return rd, shard, labels, scores, human
 
 

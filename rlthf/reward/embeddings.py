@@ -213,41 +213,70 @@ class Embedder:
 
 
 class EmbeddingCache:
-    """Embeddings of one :class:`FeatureSpec` on disk, as parquet parts under ``root/embeddings-<key>/``."""
+    """Embeddings of one :class:`FeatureSpec` on disk, as Parquet parts (``text_hash``, ``embedding``) under
+    ``root/embeddings-<key>/``. Nothing is held in memory: a few texts are looked up by reading the parts with a
+    filter (:meth:`lookup`), a corpus by joining :meth:`dataset` in Ray Data. Two writers that embed the same
+    text leave it twice; readers keep one."""
 
     def __init__(self, root: str | Path, spec: FeatureSpec) -> None:
         self.spec = spec
         self.dir = Path(root) / f"embeddings-{spec.cache_key()}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._index: dict[str, int] = {}
-        self._rows: list[np.ndarray] = []
-        for part in sorted(self.dir.glob("part-*.parquet")):
-            df = pd.read_parquet(part)
-            self._add(df["text_hash"].tolist(), np.stack(df["embedding"].to_numpy()))
+
+    def parts(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.parquet"))
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self.hashes())
 
     def __contains__(self, key: str) -> bool:
-        return key in self._index
+        return key in self.lookup([key])
 
-    def _add(self, hashes: list[str], vectors: np.ndarray) -> None:
-        for h, v in zip(hashes, vectors):
-            if h not in self._index:
-                self._index[h] = len(self._rows)
-                self._rows.append(np.asarray(v, dtype=np.float32))
+    def hashes(self) -> set[str]:
+        import pyarrow.parquet as pq
 
-    def add(self, hashes: list[str], vectors: np.ndarray) -> None:
-        """Keep new embeddings and write them to a new part at once."""
-        new = [(h, v) for h, v in zip(hashes, vectors) if h not in self._index]
-        if not new:
-            return
-        df = pd.DataFrame({"text_hash": [h for h, _ in new], "embedding": [v.tolist() for _, v in new]})
-        atomic_write_parquet(self.dir / f"part-{uuid.uuid4().hex}.parquet", df)
-        self._add([h for h, _ in new], np.stack([v for _, v in new]))
+        return {h for part in self.parts() for h in pq.read_table(part, columns=["text_hash"])["text_hash"].to_pylist()}
+
+    def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """The cached vectors of those of ``hashes`` that are cached."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        wanted = list(dict.fromkeys(hashes))
+        parts = self.parts()
+        if not wanted or not parts:
+            return {}
+        table = pads.dataset([str(p) for p in parts], format="parquet").to_table(
+            filter=pc.field("text_hash").isin(wanted))
+        vectors = table["embedding"].to_numpy(zero_copy_only=False)
+        return {h: np.asarray(v, dtype=np.float32) for h, v in zip(table["text_hash"].to_pylist(), vectors)}
 
     def get(self, hashes: Iterable[str]) -> np.ndarray:
-        return np.stack([self._rows[self._index[h]] for h in hashes])
+        hashes = list(hashes)
+        found = self.lookup(hashes)
+        missing = [h for h in hashes if h not in found]
+        if missing:
+            raise KeyError(f"{self.dir} has no embedding of text {missing[0]}")
+        return np.stack([found[h] for h in hashes])
+
+    def add(self, hashes: list[str], vectors: np.ndarray) -> None:
+        """Write new embeddings to a new part at once."""
+        if len(hashes):
+            write_part(self.dir, list(hashes), vectors)
+
+    def dataset(self):
+        """``text_hash, embedding`` of every cached text as a Ray Dataset; None while the cache is empty."""
+        import ray.data
+
+        parts = self.parts()
+        return ray.data.read_parquet([str(p) for p in parts]) if parts else None
+
+
+def write_part(directory: Path, hashes: list[str], vectors: np.ndarray) -> None:
+    """One cache part: a Parquet file under ``directory``, written atomically (a crash loses at most this one)."""
+    # float lists as the first caches wrote them, so every part has one schema
+    df = pd.DataFrame({"text_hash": hashes, "embedding": [np.asarray(v, dtype=np.float32).tolist() for v in vectors]})
+    atomic_write_parquet(Path(directory) / f"part-{uuid.uuid4().hex}.parquet", df)
 
 
 def text_table(spec: FeatureSpec, prompts, responses) -> pd.DataFrame:
@@ -261,10 +290,12 @@ def text_table(spec: FeatureSpec, prompts, responses) -> pd.DataFrame:
                          "prompt_chars": [c for _, c in rows.values()]})
 
 
-def missing_texts(cache: EmbeddingCache, texts: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``texts`` not in ``cache``, shortest first: a batch then pads to texts of about its own size
-    (characters stand in for tokens)."""
-    missing = texts[[h not in cache for h in texts["text_hash"]]]
+def missing_texts(cache: EmbeddingCache, texts: pd.DataFrame, cached: dict | None = None) -> pd.DataFrame:
+    """The rows of ``texts`` not in ``cache`` (or in ``cached``, its :meth:`~EmbeddingCache.lookup` when the
+    caller has it), shortest first: a batch then pads to texts of about its own size (characters stand in for
+    tokens)."""
+    cached = cache.lookup(texts["text_hash"]) if cached is None else cached
+    missing = texts[[h not in cached for h in texts["text_hash"]]]
     order = np.argsort(missing["text"].str.len().to_numpy(), kind="stable")
     return missing.iloc[order].reset_index(drop=True)
 
@@ -273,9 +304,16 @@ def embed_missing(cache: EmbeddingCache, texts: pd.DataFrame, *, batch_size: int
                   cpus_per_actor: int, use_gpu: bool = False, flush_every: int = 512) -> int:
     """Embed the rows of ``texts`` (a :func:`text_table`) not yet in ``cache`` through a Ray Data actor pool
     (one GPU per actor with ``use_gpu``); returns how many."""
-    frame = missing_texts(cache, texts)
+    return len(embed_texts(cache, missing_texts(cache, texts), batch_size=batch_size, concurrency=concurrency,
+                           cpus_per_actor=cpus_per_actor, use_gpu=use_gpu, flush_every=flush_every))
+
+
+def embed_texts(cache: EmbeddingCache, frame: pd.DataFrame, *, batch_size: int, concurrency: int,
+                cpus_per_actor: int, use_gpu: bool = False, flush_every: int = 512) -> dict[str, np.ndarray]:
+    """Embed the rows of ``frame`` (a :func:`text_table`) through a Ray Data actor pool, writing them to
+    ``cache`` as they arrive; returns their vectors by text hash."""
     if frame.empty:
-        return 0
+        return {}
     import ray
 
     log.info("embedding %d new texts with %s", len(frame), cache.spec.model)
@@ -291,21 +329,21 @@ def embed_missing(cache: EmbeddingCache, texts: pd.DataFrame, *, batch_size: int
         num_gpus=1 if use_gpu else 0,
         batch_format="numpy",
     )
-    pending_h: list[str] = []
-    pending_v: list[np.ndarray] = []
+    new: dict[str, np.ndarray] = {}
+    pending: list[str] = []
     from tqdm.auto import tqdm
 
     with tqdm(total=len(frame), desc="embed", unit="text", disable=os.environ.get("RLTHF_PROGRESS") == "0") as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            pending_h.extend(batch["text_hash"].tolist())
-            pending_v.extend(batch["embedding"])
+            new.update(zip(batch["text_hash"].tolist(), batch["embedding"]))
+            pending.extend(batch["text_hash"].tolist())
             bar.update(len(batch["text_hash"]))
-            if len(pending_h) >= flush_every:
-                cache.add(pending_h, np.stack(pending_v))
-                pending_h, pending_v = [], []
-    if pending_h:
-        cache.add(pending_h, np.stack(pending_v))
-    return len(frame)
+            if len(pending) >= flush_every:
+                cache.add(pending, np.stack([new[h] for h in pending]))
+                pending = []
+    if pending:
+        cache.add(pending, np.stack([new[h] for h in pending]))
+    return new
 
 
 def pair_embeddings(cache: EmbeddingCache, pairs: pd.DataFrame, *, batch_size: int = 32, concurrency: int = 1,
@@ -314,8 +352,114 @@ def pair_embeddings(cache: EmbeddingCache, pairs: pd.DataFrame, *, batch_size: i
     (each distinct text once)."""
     spec = cache.spec
     texts = text_table(spec, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]))
-    embed_missing(cache, texts, batch_size=batch_size, concurrency=concurrency, cpus_per_actor=cpus_per_actor,
-                  use_gpu=use_gpu)
+    found = cache.lookup(texts["text_hash"])
+    found.update(embed_texts(cache, missing_texts(cache, texts, found), batch_size=batch_size,
+                             concurrency=concurrency, cpus_per_actor=cpus_per_actor, use_gpu=use_gpu))
     keys_a = [spec.text_key(p, r) for p, r in zip(pairs["prompt"], pairs["response_a"])]
     keys_b = [spec.text_key(p, r) for p, r in zip(pairs["prompt"], pairs["response_b"])]
-    return cache.get(keys_a), cache.get(keys_b)
+    return np.stack([found[k] for k in keys_a]), np.stack([found[k] for k in keys_b])
+
+
+# A corpus too large for one process: the pairs stream through Ray Data, the cache is joined on by text hash, and
+# an actor pool embeds what the join did not find.
+
+def pair_text_rows(batch: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """A batch of pairs with, per side a and b, the text a reward model reads (``text_a``), where its response
+    starts (``chars_a``) and its cache key (``hash_a``), instead of ``prompt``, ``response_a``, ``response_b``."""
+    out = batch.drop(columns=["prompt", "response_a", "response_b"])
+    for side in "ab":
+        responses = batch[f"response_{side}"]
+        out[f"hash_{side}"] = [spec.text_key(p, r) for p, r in zip(batch["prompt"], responses)]
+        out[f"text_{side}"] = [reward_text(p, r) for p, r in zip(batch["prompt"], responses)]
+        out[f"chars_{side}"] = batch["prompt"].str.len().to_numpy()
+    return out
+
+
+def is_missing(vector) -> bool:
+    """Whether a joined cell holds no vector (a left join's null: None, NaN or pandas' NA)."""
+    return not isinstance(vector, (np.ndarray, list, tuple))
+
+
+class CachedEmbedder:
+    """Ray Data callable class after the cache join: fills ``emb_a`` and ``emb_b`` where the join found no
+    cached vector, embedding each distinct text of the batch once, shortest first in ``batch_size`` groups, and
+    writes them to the cache as one part; drops the text columns. The backbone loads at the first miss."""
+
+    def __init__(self, spec: FeatureSpec, cache_dir: str, batch_size: int, num_threads: int = 1,
+                 device: str = "cpu") -> None:
+        self.spec, self.cache_dir, self.batch_size = spec, Path(cache_dir), batch_size
+        self.num_threads, self.device = num_threads, device
+        self.embedder: Embedder | None = None
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        todo: dict[str, tuple[str, int]] = {}
+        for side in "ab":
+            for h, text, chars, vector in zip(batch[f"hash_{side}"], batch[f"text_{side}"], batch[f"chars_{side}"],
+                                              batch[f"emb_{side}"]):
+                if is_missing(vector):
+                    todo.setdefault(h, (text, int(chars)))
+        new = self.embed(todo) if todo else {}
+        out = batch.drop(columns=[f"{c}_{side}" for c in ("hash", "text", "chars") for side in "ab"])
+        for side in "ab":
+            out[f"emb_{side}"] = [np.asarray(new[h] if is_missing(v) else v, dtype=np.float32)
+                                  for h, v in zip(batch[f"hash_{side}"], batch[f"emb_{side}"])]
+        return out
+
+    def embed(self, todo: dict[str, tuple[str, int]]) -> dict[str, np.ndarray]:
+        if self.embedder is None:
+            self.embedder = Embedder(self.spec, self.num_threads, self.device)
+        hashes = sorted(todo, key=lambda h: len(todo[h][0]))
+        vectors = []
+        for i in range(0, len(hashes), self.batch_size):
+            chunk = hashes[i:i + self.batch_size]
+            vectors.append(self.embedder({"text_hash": np.asarray(chunk), "text": [todo[h][0] for h in chunk],
+                                          "prompt_chars": [todo[h][1] for h in chunk]})["embedding"])
+        vectors = np.concatenate(vectors)
+        write_part(self.cache_dir / f"embeddings-{self.spec.cache_key()}", hashes, vectors)
+        return dict(zip(hashes, vectors))
+
+
+def streamed_pair_embeddings(cache: EmbeddingCache, pairs, *, pair_count: int, batch_size: int = 32,
+                             concurrency: int = 1, cpus_per_actor: int = 1, use_gpu: bool = False,
+                             block_pairs: int = 1024):
+    """``pairs`` (a Ray Dataset with ``prompt, response_a, response_b`` and any other columns) with
+    ``emb_a, emb_b`` instead of its texts: the cached vectors joined on by text hash (a Ray Data hash join,
+    ``pair_count`` sizing its partitions), the others embedded by an actor pool (one GPU each with ``use_gpu``)
+    and written to the cache. Rows come in no particular order; a pair whose text the cache holds twice comes
+    twice."""
+    import ray
+
+    rows = pairs.map_batches(pair_text_rows, fn_kwargs={"spec": cache.spec}, batch_format="pandas")
+    cached = cache.dataset()
+    partitions = max(2, -(-pair_count // 100_000))
+    for side in "ab":
+        if cached is None:
+            rows = rows.add_column(f"emb_{side}", lambda batch: pd.Series([None] * len(batch), dtype=object),
+                                   batch_format="pandas")
+        else:
+            right = cached.rename_columns({"text_hash": f"hash_{side}", "embedding": f"emb_{side}"})
+            rows = rows.join(right, join_type="left_outer", num_partitions=partitions, on=(f"hash_{side}",))
+    # blocks of block_pairs rows: the pool hands out blocks, and a join's partition or a Parquet row group is
+    # one block that one actor would embed alone
+    rows = rows.repartition(target_num_rows_per_block=block_pairs)
+    return rows.map_batches(
+        CachedEmbedder,
+        fn_constructor_kwargs={"spec": cache.spec, "cache_dir": str(cache.dir.parent), "batch_size": batch_size,
+                               "num_threads": cpus_per_actor, "device": "cuda" if use_gpu else "cpu"},
+        batch_size=block_pairs,
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=streamed_actor_cpus(cpus_per_actor, concurrency),
+        num_gpus=1 if use_gpu else 0,
+        batch_format="pandas",
+    )
+
+
+def streamed_actor_cpus(cpus_per_actor: int, concurrency: int) -> float:
+    """The CPUs each embedding actor reserves behind the cache join: its actors start first and hold what they
+    reserve for the whole pass, while the join's aggregators (a quarter of the cluster's CPUs) and its shuffle
+    tasks (one CPU each) still have to run before it, so together they leave those free (between 0.1 and
+    ``cpus_per_actor`` each; the actor still runs ``cpus_per_actor`` torch threads)."""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    return round(max(0.1, min(float(cpus_per_actor), (0.75 * total - 1.0) / concurrency)), 2)

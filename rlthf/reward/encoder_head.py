@@ -23,7 +23,11 @@ import pandas as pd
 from rlthf.config import RewardConfig
 from rlthf.core.labels import checked_labels
 from rlthf.reward.common import read_meta, validation_mask, warmup_linear, write_meta
-from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings
+from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings, streamed_pair_embeddings
+
+# Up to this many pairs the embeddings are looked up, and a head trained, in this process: a Ray Data join
+# costs about 10 s however small its input (measured here), reading a few thousand vectors a fraction of one.
+LOCAL_PAIRS = 20_000
 
 # keys of a head's state dict that are not the module's: the feature standardisation fitted on its training rows
 FEATURE_MEAN, FEATURE_STD = "feature_mean", "feature_std"
@@ -169,12 +173,18 @@ class EncoderHeadReward:
                                cpus_per_actor=c.cpus_per_worker, use_gpu=c.use_gpu)
 
     def train(self, train, out_dir: str | Path, *, seed: int) -> Path:
-        """Train on a Dataset of ``id, prompt, response_a, response_b, label``; returns the checkpoint folder."""
-        df = train.to_pandas() if hasattr(train, "to_pandas") else train
-        emb_a, emb_b = self.embeddings(df)
-        chosen, rejected = chosen_rejected_embeddings(emb_a, emb_b, checked_labels(df["label"]))
-        val = validation_mask(df["id"], self.config.val_fraction, seed)
-        state, info = train_head(chosen, rejected, val, self.config, seed)
+        """Train on a Dataset (or frame) of ``id, prompt, response_a, response_b, label``; returns the checkpoint
+        folder. Over ``LOCAL_PAIRS`` rows the embeddings stream (:func:`streamed_pair_embeddings`) and the head
+        trains in a Ray task, in the order of a ``row`` column where there is one (else of ``id``)."""
+        if hasattr(train, "to_pandas") and train.count() > LOCAL_PAIRS:
+            import ray
+
+            embedded = self.streamed(train).materialize()
+            state, info, rows = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(embedded, self.config, seed))
+        else:
+            df = train.to_pandas() if hasattr(train, "to_pandas") else train
+            emb_a, emb_b = self.embeddings(df)
+            state, info, rows = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
         import torch
 
         out_dir = Path(out_dir)
@@ -182,23 +192,53 @@ class EncoderHeadReward:
         torch.save(state, out_dir / "head.pt")
         write_meta(out_dir, backend=self.name, model=self.config.model, max_length=self.config.max_length,
                    features=feature_meta(self.features), standardize=self.config.standardize,
-                   head=self.config.head, head_hidden=self.config.head_hidden, train_rows=int((~val).sum()),
-                   val_rows=int(val.sum()), **info)
+                   head=self.config.head, head_hidden=self.config.head_hidden, **rows, **info)
         return out_dir
 
     def score(self, pairs, checkpoint: str | Path):
-        """Rewards of both responses of every pair: a Dataset of ``id, reward_a, reward_b``."""
+        """Rewards of both responses of every pair: a Dataset of ``id, reward_a, reward_b``. Over
+        ``LOCAL_PAIRS`` pairs the embeddings stream from the cache and the actor pool to the head, and nothing
+        passes through this process."""
         import ray
 
         trained_on = checkpoint_features(read_meta(checkpoint))
         if trained_on != self.features:
             raise ValueError(f"{checkpoint} was trained on the features {trained_on}, this reward config makes "
                              f"{self.features}; score it with the reward settings it was trained with")
+        scorer = HeadScorer(str(checkpoint))
+        if hasattr(pairs, "to_pandas") and pairs.count() > LOCAL_PAIRS:
+            embedded = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]))
+            return embedded.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
         df = pairs.to_pandas() if hasattr(pairs, "to_pandas") else pairs
         emb_a, emb_b = self.embeddings(df)
         rows = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])
-        return rows.map_batches(HeadScorer(str(checkpoint)), batch_size=4096, num_cpus=1, batch_format="numpy")
+        return rows.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
+
+    def streamed(self, pairs):
+        c = self.config
+        return streamed_pair_embeddings(self.cache, pairs, pair_count=pairs.count(), batch_size=c.score_batch_size,
+                                        concurrency=c.score_concurrency, cpus_per_actor=c.cpus_per_worker,
+                                        use_gpu=c.use_gpu)
+
+
+def fit_head(ids, labels, emb_a: np.ndarray, emb_b: np.ndarray, config: RewardConfig,
+             seed: int) -> tuple[dict, dict, dict]:
+    """A head on training rows (repeats allowed) with a validation split by pair id: its state dict, the
+    training record and the row counts."""
+    chosen, rejected = chosen_rejected_embeddings(emb_a, emb_b, checked_labels(labels))
+    val = validation_mask(ids, config.val_fraction, seed)
+    state, info = train_head(chosen, rejected, val, config, seed)
+    return state, info, {"train_rows": int((~val).sum()), "val_rows": int(val.sum())}
+
+
+def fit_streamed(embedded, config: RewardConfig, seed: int) -> tuple[dict, dict, dict]:
+    """:func:`fit_head` on a Ray Dataset of training rows with ``emb_a, emb_b`` (run as a Ray task)."""
+    frame = embedded.to_pandas()
+    frame = frame.sort_values("row" if "row" in frame.columns else "id", kind="stable").reset_index(drop=True)
+    if "row" in frame.columns:  # a pair whose text the cache held twice came twice
+        frame = frame.drop_duplicates("row")
+    return fit_head(frame["id"], frame["label"], np.stack(frame["emb_a"]), np.stack(frame["emb_b"]), config, seed)
 
 
 def feature_meta(spec: FeatureSpec) -> dict:

@@ -383,6 +383,8 @@ class LoraReward:
         # Read everything on the driver before the workers take their CPUs: the datasets handed to Ray Train are
         # then in-memory and need no read tasks, which could not be scheduled on a small cluster (ray#44687).
         df = train.to_pandas()
+        if "row" in df.columns:  # rows that streamed in no set order, and the order they were given in
+            df = df.sort_values("row", kind="stable")
         missing = [c for c in TRAIN_COLUMNS if c not in df.columns]
         if missing:
             raise ValueError(f"training pairs lack column(s) {missing}; got {list(df.columns)}")

@@ -25,15 +25,17 @@ from rlthf.core.selection import annotation_batch_size, budget_labels, cap_to_bu
 from rlthf.core.selectors import (committee_order, confident_learning_order, oracle_order, rlthf_order,
                                  suspicious_first, uncertainty_order)
 from rlthf.core.simulate import simulate_ai_labels
-from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, initial_labels_frame, preference_pairs,
+from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, initial_labels_frame,
                                        with_answers, with_flips)
-from rlthf.data import column_ai_labels, read_configured_pairs, split_and_shard
+from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet
+from rlthf.run.corpus import pair_texts, pairs_dataset, read_pairs_index, texts_path, with_texts, write_curated
 from rlthf.run.report import plot_curve
 
 log = logging.getLogger("rlthf")
 T = TypeVar("T")
+DRAWS = ("test_draw", "shard_draw")  # a pair's group hashes, from which prepare splits
 
 
 def once(rd: RunDir, name: str, compute: Callable[[], dict | None], load: Callable[[], T]) -> T:
@@ -64,19 +66,26 @@ def read_parquet(rd: RunDir, *parts: str) -> Callable[[], pd.DataFrame]:
 def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
     """Load every valid pair, mark the test split and the shard, and fix the ground truth (``truth``)."""
     def compute() -> dict:
-        pairs, rejected = read_configured_pairs(config)
+        # the group's hashes are drawn from each chunk as it is read when the group is a text (the prompt)
+        grouped_by_text = config.data.group_column in PAIR_TEXT
+        derive = (lambda chunk: group_draws(chunk, config.data, config.seed)) if grouped_by_text else None
+        pairs, rejected = read_configured_pairs(config, texts_path(rd), derive)
         atomic_write_jsonl(rd.path("data", "rejected.jsonl"), [r.to_dict() for r in rejected])
         if rejected:
             log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
                         len(rejected), rd.path("data", "rejected.jsonl"), rejected[0])
-        clash = [c for c in ("split", "in_shard", "truth") if c in pairs.columns]
+        clash = [c for c in ("split", "in_shard", "truth", *DRAWS) if c in pairs.columns and not grouped_by_text]
         if clash:
             raise ValueError(f"{config.data.path}: the data has a column {clash[0]!r}, a name the run uses itself")
-        pairs = pairs.sort_values("id", kind="stable").reset_index(drop=True)
-        is_test, in_shard = split_and_shard(pairs, config.data, config.seed)
+        draws = pairs[list(DRAWS)] if grouped_by_text else pd.DataFrame(group_draws(pairs, config.data, config.seed))
+        order = np.argsort(pairs["id"].to_numpy(), kind="stable")
+        pairs = pairs.drop(columns=list(DRAWS), errors="ignore").iloc[order].reset_index(drop=True)
+        draws = draws.iloc[order].reset_index(drop=True)
+        is_test, in_shard = split_by_draws(draws["test_draw"].to_numpy(), draws["shard_draw"].to_numpy(),
+                                           config.data)
         pairs["split"] = np.where(is_test, "test", "train")
         pairs["in_shard"] = in_shard
-        pairs["truth"], flipped_fraction = ground_truth(pairs, config, cache_dir)
+        pairs["truth"], flipped_fraction = ground_truth(rd, pairs, config, cache_dir)
         atomic_write_parquet(rd.path("data", "pairs.parquet"), pairs)
         if flipped_fraction:
             log.warning("ground truth: %.1f%% of the human labels flipped (paper appendix C.1.2)",
@@ -85,7 +94,7 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
                 "rejected": len(rejected), "truth_flipped_fraction": flipped_fraction,
                 "audit_reserved": audit_reserve(config, int((~is_test).sum()))}
 
-    return once(rd, "prepare", compute, read_parquet(rd, "data", "pairs.parquet"))
+    return once(rd, "prepare", compute, lambda: read_pairs_index(rd))
 
 
 def audit_reserve(config: RLTHFConfig, corpus_pairs: int) -> int:
@@ -96,7 +105,7 @@ def audit_reserve(config: RLTHFConfig, corpus_pairs: int) -> int:
     return wanted if budget is None else min(wanted, budget // 2)
 
 
-def ground_truth(pairs: pd.DataFrame, config: RLTHFConfig, cache_dir: str) -> tuple[np.ndarray, float]:
+def ground_truth(rd: RunDir, pairs: pd.DataFrame, config: RLTHFConfig, cache_dir: str) -> tuple[np.ndarray, float]:
     """The labels every accuracy is measured against (``data.ground_truth``), and the share flipped."""
     if config.data.ground_truth != "paper_flipped":
         return pairs["human_label"].to_numpy(), 0.0
@@ -106,7 +115,7 @@ def ground_truth(pairs: pd.DataFrame, config: RLTHFConfig, cache_dir: str) -> tu
     from rlthf.reward.heads import paper_flipped_truth
 
     sim = simulation_reward_config(config.data.ground_truth_model)
-    emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(pairs)
+    emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(with_texts(rd, pairs))
     truth, flipped = paper_flipped_truth(emb_a, emb_b, pairs["human_label"], config=sim, seed=config.seed)
     return truth, float(flipped.mean())
 
@@ -138,9 +147,10 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
         else:  # the shard first, as before the corpus had AI labels, so a shard's labels do not depend on the rest
             label = np.full(len(corpus), None, dtype=object)
             rest = corpus[~corpus["in_shard"]].reset_index(drop=True)
-            label[corpus["in_shard"].to_numpy()] = simulated_ai_labels(config, shard, cache_dir, config.seed)
+            label[corpus["in_shard"].to_numpy()] = simulated_ai_labels(rd, config, shard, cache_dir, config.seed)
             if len(rest):
-                label[~corpus["in_shard"].to_numpy()] = simulated_ai_labels(config, rest, cache_dir, config.seed + 1)
+                label[~corpus["in_shard"].to_numpy()] = simulated_ai_labels(rd, config, rest, cache_dir,
+                                                                           config.seed + 1)
         atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": corpus["id"], "ai_label": pd.Series(label, dtype=object),
                                                            "ai_confidence": confidence}))
         labelled = pd.notna(label)
@@ -163,7 +173,8 @@ def initial_labels(rd: RunDir, shard: pd.DataFrame, ai_labels: pd.DataFrame) -> 
     return once(rd, "iter_0/labels", compute, read_parquet(rd, *path))
 
 
-def simulated_ai_labels(config: RLTHFConfig, pairs: pd.DataFrame, cache_dir: str, seed: int) -> np.ndarray:
+def simulated_ai_labels(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_dir: str,
+                        seed: int) -> np.ndarray:
     """The simulated AI labeler (``ai_labels``) on ``pairs``, its mistakes on hard pairs."""
     a = config.ai_labels
     truth = pairs["truth"]
@@ -175,7 +186,7 @@ def simulated_ai_labels(config: RLTHFConfig, pairs: pd.DataFrame, cache_dir: str
 
         init_ray(config.ray)
         sim = simulation_reward_config(a.hardness_model)
-        emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(pairs)
+        emb_a, emb_b = EncoderHeadReward(sim, cache_dir).embeddings(with_texts(rd, pairs))
         hardness = hardness_scores(emb_a, emb_b, truth, folds=a.hardness_folds, config=sim, seed=seed)
     return simulate_ai_labels(truth, target_accuracy=a.target_accuracy, seed=seed, hardness=hardness,
                               sharpness=a.hardness_sharpness, noise=a.noise)
@@ -188,8 +199,8 @@ def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataF
 
         init_ray(config.ray)
         # accuracy is reported against the run's ground truth (data.ground_truth)
-        labels, report = label_pairs(shard.assign(human_label=shard["truth"]), config.judge,
-                                     rd.path("judge", "verdicts.jsonl"))
+        requests = with_texts(rd, shard).assign(human_label=shard["truth"].to_numpy())
+        labels, report = label_pairs(requests, config.judge, rd.path("judge", "verdicts.jsonl"))
         atomic_write_parquet(rd.path("judge", "labels.parquet"), labels)
         atomic_write_json(rd.path("judge", "report.json"), report)
         return {k: v for k, v in report.items() if not isinstance(v, dict)}
@@ -213,7 +224,7 @@ def validate_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, shard: 
         if count:
             analysis = shard_curve(config.selection, shard["id"], new["label"], shard_scores)
             chosen = eyes_off_positions(analysis.order, analysis.elbow_index, ~gaps, count, config.seed)
-            answers = annotator.annotate(shard.loc[chosen, list(PAIR_TEXT)].reset_index(drop=True), 0)
+            answers = annotator.annotate(pair_texts(rd, shard["id"].to_numpy()[chosen]), 0)
             human = np.array([answers[i] for i in shard["id"].to_numpy()[chosen]], dtype=object)
             agreement = float(np.mean(human == new["label"].to_numpy()[chosen]))
             new = with_answers(new, chosen, human, 0)
@@ -235,15 +246,14 @@ def reserved_labels(rd: RunDir) -> int:
 
 
 def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.DataFrame) -> Path:
-    """Reward model k on ``train_rows`` (id, prompt, response_a, response_b, label; repeats allowed)."""
+    """Reward model k on ``train_rows`` (``id, label``; repeats allowed), their texts read from the run."""
     final = rd.path(*iteration_path(k, "checkpoint"))
 
     def compute() -> dict:
-        import ray
-
         partial = final.with_name("checkpoint.partial")
         shutil.rmtree(partial, ignore_errors=True)  # a crash mid-training left it behind
-        dataset = ray.data.from_pandas(train_rows[[*PAIR_TEXT, "label"]].reset_index(drop=True))
+        # row: the rows' order, which a training run that streams its rows restores
+        dataset = pairs_dataset(rd, train_rows[["id", "label"]].assign(row=np.arange(len(train_rows))))
         backend.train(dataset, partial, seed=config.seed + k)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
@@ -252,15 +262,19 @@ def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.
     return once(rd, f"iter_{k}/train", compute, lambda: final)
 
 
-def score_pairs(backend, checkpoint: Path, pairs: pd.DataFrame) -> pd.DataFrame:
-    """``id, reward_a, reward_b`` of every pair under ``checkpoint``, in the order of ``pairs``."""
-    import ray
-
-    scored = backend.score(ray.data.from_pandas(pairs[list(PAIR_TEXT)].reset_index(drop=True)), checkpoint).to_pandas()
-    scored = scored.set_index("id").reindex(pairs["id"])
+def score_pairs(backend, checkpoint: Path, pairs, ids) -> pd.DataFrame:
+    """``id, reward_a, reward_b`` under ``checkpoint`` of the pairs of the Ray Dataset ``pairs``, in the order of
+    ``ids`` (each must be scored)."""
+    scored = backend.score(pairs, checkpoint).to_pandas().drop_duplicates("id")
+    scored = scored.set_index("id").reindex(pd.Series(ids, dtype=object).to_numpy())
     if scored["reward_a"].isna().any():
         raise RuntimeError(f"scoring lost pair {scored.index[scored['reward_a'].isna()][0]!r}")
-    return scored.reset_index()[["id", "reward_a", "reward_b"]]
+    return scored.rename_axis("id").reset_index()[["id", "reward_a", "reward_b"]]
+
+
+def score_frame(rd: RunDir, backend, checkpoint: Path, pairs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`score_pairs` of the run's pairs in ``pairs`` (their texts read from the run directory)."""
+    return score_pairs(backend, checkpoint, pairs_dataset(rd, pairs[["id"]]), pairs["id"])
 
 
 def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFrame, test: pd.DataFrame) -> dict:
@@ -269,7 +283,7 @@ def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFram
 
     def compute() -> None:
         for name, pairs in (("shard", shard), ("test", test)):
-            atomic_write_parquet(rd.path(*parts[name]), score_pairs(backend, checkpoint, pairs))
+            atomic_write_parquet(rd.path(*parts[name]), score_frame(rd, backend, checkpoint, pairs))
 
     return once(rd, f"iter_{k}/score", compute, lambda: {name: pd.read_parquet(rd.path(*p)) for name, p in parts.items()})
 
@@ -317,7 +331,9 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
             selection = select_random(len(shard), human, annotation_size=batch, seed=config.seed + k,
                                       trainable=trainable)
         else:  # another selector only changes which pairs go to humans (core/selectors.py)
-            order = annotation_priority(config, k, shard, labels, shard_scores, analysis, ai_labels,
+            embedded = s.selector in ("qbc", "confident_learning")  # their committees read the texts
+            order = annotation_priority(config, k, with_texts(rd, shard) if embedded else shard, labels,
+                                        shard_scores, analysis, ai_labels,
                                         cache_dir=config.reward.cache_dir or str(rd.root / "cache"))
             selection = iteration_selection(s, k, analysis, human, batch, order, trainable)
         ids = shard["id"].to_numpy()
@@ -383,7 +399,7 @@ def annotate_step(rd: RunDir, k: int, annotator: Annotator, shard: pd.DataFrame,
 
     def compute() -> dict:
         batch, flip = selection["annotate"], selection["flip"]
-        answers = annotator.annotate(shard.loc[batch, list(PAIR_TEXT)].reset_index(drop=True), k) if len(batch) else {}
+        answers = annotator.annotate(pair_texts(rd, shard["id"].to_numpy()[batch]), k) if len(batch) else {}
         ids = shard["id"].to_numpy()
         new = with_answers(with_flips(labels, flip), batch, [answers[i] for i in ids[batch]], k)
         atomic_write_parquet(rd.path(*path), new)
@@ -453,7 +469,7 @@ def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd
         size = min(reserved_labels(rd), int(eligible.sum()))
         size = cap_to_budget(size, config.annotation.budget, corpus_size=corpus_size(rd), used=len(human))
         chosen = audit_sample(hash_unit(config.seed, "audit", corpus["id"]), eligible, size)
-        requests = corpus.loc[chosen, list(PAIR_TEXT)].reset_index(drop=True)
+        requests = pair_texts(rd, corpus["id"].to_numpy()[chosen])
         answers = annotator.annotate(requests, AUDIT_ITERATION) if size else {}
         atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": requests["id"],
                                                            "label": [answers[i] for i in requests["id"]]}))
@@ -470,14 +486,15 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
 
     def compute() -> None:
         corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
-        scores = score_pairs(backend, checkpoint, corpus)
+        scores = score_frame(rd, backend, checkpoint, corpus)
         margin = (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
         inputs = curation_inputs(corpus, labels, ai_labels, audit, config.curate.policy)
         curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
                          base_source=inputs["source"], alpha=config.curate.alpha, folds=config.curate.folds,
                          seed=config.seed)
-        frame = preference_pairs(corpus, curated.label, curated.source, margin * label_sign(curated.label))
-        atomic_write_parquet(path, frame.assign(in_shard=corpus["in_shard"].to_numpy()))
+        write_curated(rd, path, pd.DataFrame({
+            "id": corpus["id"].to_numpy(), "label": curated.label, "label_source": curated.source,
+            "reward_margin": margin * label_sign(curated.label), "in_shard": corpus["in_shard"].to_numpy()}))
         estimates = audit_estimates(margin, inputs, curated)
         atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
                                          "ai_labels_source": config.ai_labels.source,

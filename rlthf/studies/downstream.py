@@ -121,7 +121,8 @@ def corpus_reward_accuracy(config: RLTHFConfig, run_dir: Path, out_dir: Path) ->
     on the run's held-out test pairs against the ground truth, with a Wilson interval."""
     import ray
 
-    from rlthf.run.steps import score_pairs
+    from rlthf.run.steps import score_frame
+    from rlthf.rundir import RunDir
     from rlthf.reward.backends import make_reward_backend
     from rlthf.core.metrics import preference_accuracy, wilson_interval
     from rlthf.reward.common import CHECKPOINT_META
@@ -134,7 +135,7 @@ def corpus_reward_accuracy(config: RLTHFConfig, run_dir: Path, out_dir: Path) ->
         train = pd.DataFrame({"id": curated["id"], "prompt": curated["prompt"], "response_a": curated["chosen"],
                               "response_b": curated["rejected"], "label": "a"})
         backend.train(ray.data.from_pandas(train), out_dir, seed=config.seed)
-    scores = score_pairs(backend, out_dir, test)
+    scores = score_frame(RunDir(run_dir), backend, out_dir, test)
     accuracy = preference_accuracy(scores["reward_a"], scores["reward_b"], test["truth"])
     return {"corpus_rm_test_acc": accuracy, "corpus_rm_test_ci": list(wilson_interval(accuracy * len(test), len(test))),
             "corpus_rm_test_pairs": len(test)}

@@ -1,0 +1,100 @@
+"""The corpus past the driver's reach: texts stream from Parquet through Ray Data, embeddings are joined from the
+cache by text hash (or embedded by the actor pool), heads train in a Ray task, and curated.parquet is written
+batch by batch. A run made to take that path on a small corpus (its thresholds lowered) ships what the driver's
+own path ships."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rlthf.reward.encoder_head as encoder_head
+import rlthf.run.corpus as corpus
+from rlthf.config import RewardConfig, load_config
+from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings, streamed_pair_embeddings
+from rlthf.run.driver import run
+from tests.conftest import MINILM, REPO
+from tests.test_reward_lora import synthetic_pairs
+
+
+def config(hh_rlhf_path, cache, output_dir):
+    return load_config(REPO / "configs/demo.yaml", [
+        f"output_dir={output_dir}", f"data.path={hh_rlhf_path}", "data.max_pairs=200", f"reward.cache_dir={cache}",
+        "selection.iterations=0", "reward.score_concurrency=1"])
+
+
+def test_a_run_whose_corpus_streams_ships_what_the_driver_run_ships(ray_local, hh_rlhf_path, embedding_cache,
+                                                                   tmp_path, monkeypatch):
+    direct = run(config(hh_rlhf_path, embedding_cache, tmp_path / "direct"), echo=lambda _: None)
+    monkeypatch.setattr(corpus, "DRIVER_ROWS", 10)  # every text the run reads streams from Parquet
+    monkeypatch.setattr(encoder_head, "LOCAL_PAIRS", 60)  # the shard (about 40) and test set stay local, the corpus not
+    stream = run(config(hh_rlhf_path, embedding_cache, tmp_path / "streamed"), echo=lambda _: None)
+    a = pd.read_parquet(direct.curated_path).set_index("id").sort_index()
+    b = pd.read_parquet(stream.curated_path).set_index("id").sort_index()
+    assert len(a) > 150 and list(a.columns) == list(b.columns) and a.index.equals(b.index)
+    for column in ("prompt", "chosen", "rejected", "label_source", "in_shard"):
+        assert a[column].equals(b[column]), column
+    np.testing.assert_allclose(a["reward_margin"], b["reward_margin"], atol=1e-6)  # float32 heads, other batches
+    assert [r["test_acc"] for r in direct.metrics] == [r["test_acc"] for r in stream.metrics]
+    assert direct.summary["curated_label_acc"] == stream.summary["curated_label_acc"]
+
+
+def test_streamed_embeddings_join_the_cache_embed_the_rest_once_and_train_the_same_head(ray_local, hh_rlhf_path,
+                                                                                      tmp_path, monkeypatch):
+    spec = FeatureSpec(MINILM, 32)
+    pairs = synthetic_pairs(hh_rlhf_path, 30, seed=7)
+    cache = EmbeddingCache(tmp_path / "cache", spec)
+    emb_a, emb_b = pair_embeddings(cache, pairs.iloc[:5])  # five pairs cached, the others not
+    assert len(cache) == 10
+    out = streamed_pair_embeddings(cache, ray_local.data.from_pandas(pairs), pair_count=len(pairs), batch_size=4,
+                                   concurrency=2, cpus_per_actor=2).to_pandas().set_index("id").loc[pairs["id"]]
+    assert len(cache) == 60 and "prompt" not in out.columns and (out["label"] == pairs["label"].to_numpy()).all()
+    np.testing.assert_array_equal(np.stack(out["emb_a"])[:5], emb_a)
+    np.testing.assert_array_equal(np.stack(out["emb_b"])[:5], emb_b)
+    direct_a, direct_b = pair_embeddings(EmbeddingCache(tmp_path / "other", spec), pairs)
+    np.testing.assert_allclose(np.stack(out["emb_a"]), direct_a, atol=1e-5)
+    np.testing.assert_allclose(np.stack(out["emb_b"]), direct_b, atol=1e-5)
+
+    # a head trained on streamed rows (in a Ray task, in the rows' order) is the head trained here
+    config = RewardConfig(max_length=32, epochs=5, batch_size=8)
+    rows = pairs.assign(row=np.arange(len(pairs)))
+    here = encoder_head.EncoderHeadReward(config, tmp_path / "cache").train(rows, tmp_path / "here", seed=0)
+    monkeypatch.setattr(encoder_head, "LOCAL_PAIRS", 10)
+    shuffled = ray_local.data.from_pandas(rows.sample(frac=1.0, random_state=1))
+    there = encoder_head.EncoderHeadReward(config, tmp_path / "cache").train(shuffled, tmp_path / "there", seed=0)
+    assert len(cache) == 60  # everything was cached: nothing embedded twice
+    a, b = (torch.load(path / "head.pt", weights_only=True) for path in (here, there))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pairs_dataset_keeps_every_row_and_its_columns(ray_local, tmp_path, monkeypatch):
+    from rlthf.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    texts = pd.DataFrame({"id": [f"p{i}" for i in range(30)], "prompt": [f"q{i}" for i in range(30)],
+                          "response_a": ["a"] * 30, "response_b": ["b"] * 30})
+    corpus.write_texts(rd, texts)
+    rows = pd.DataFrame({"id": ["p3", "p7", "p3", "p29"], "label": ["a", "b", "a", "b"], "row": [0, 1, 2, 3]})
+    small = corpus.pairs_dataset(rd, rows).to_pandas()
+    monkeypatch.setattr(corpus, "DRIVER_ROWS", 2)
+    large = corpus.pairs_dataset(rd, rows).to_pandas().sort_values("row").reset_index(drop=True)
+    pd.testing.assert_frame_equal(small[list(large.columns)], large, check_dtype=False)
+    assert small["prompt"].tolist() == ["q3", "q7", "q3", "q29"] and small["row"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(KeyError, match="no texts for pair 'nope'"):
+        corpus.pair_texts(rd, ["p1", "nope"])
+
+
+def test_a_run_directory_with_texts_in_its_pairs_file_resumes(hh_rlhf_path, tmp_path):
+    from rlthf.rundir import RunDir
+    from rlthf.run.steps import prepare
+
+    cfg = load_config(REPO / "configs/demo.yaml", [f"output_dir={tmp_path}", f"data.path={hh_rlhf_path}",
+                                                   "data.max_pairs=50", "data.ground_truth=raw"])
+    rd = RunDir(tmp_path)
+    pairs = prepare(rd, cfg, str(tmp_path / "cache"))
+    assert "prompt" not in pairs.columns and len(pd.read_parquet(corpus.texts_path(rd))) == len(pairs)
+    texts = corpus.pair_texts(rd, pairs["id"])
+    # as an older rlthf left it: the texts in pairs.parquet, no texts.parquet
+    pairs.merge(texts, on="id").to_parquet(rd.path("data", "pairs.parquet"))
+    corpus.texts_path(rd).unlink()
+    again = prepare(rd, cfg, str(tmp_path / "cache"))
+    assert again.equals(pairs) and corpus.pair_texts(rd, pairs["id"]).equals(texts)

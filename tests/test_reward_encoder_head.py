@@ -77,3 +77,18 @@ def test_bad_training_label_names_the_value(ray_local, hh_rlhf_path, tmp_path):
     pairs = synthetic_pairs(hh_rlhf_path, 6, seed=6).assign(label="chosen")
     with pytest.raises(ValueError, match="'chosen'"):
         EncoderHeadReward(RewardConfig(max_length=64), tmp_path).train(pairs, tmp_path / "ckpt", seed=0)
+
+
+def test_left_cut_reads_only_the_tail_and_gets_the_same_tokens(hh_rlhf_path):
+    from rlthf.data import read_pairs
+    from rlthf.reward.embeddings import text_tail
+
+    assert text_tail("one two three four", 9) == " four" and text_tail("abcdefghij", 4) == "abcdefghij"
+    assert text_tail("short", 10) == "short"
+    embed = Embedder(FeatureSpec(MINILM, 32))
+    pairs, _ = read_pairs(hh_rlhf_path, max_pairs=150)
+    texts = [p + r for p, r in zip(pairs["prompt"], pairs["response_a"])]
+    texts += ["x" * 5000, "word " * 3 + "y" * 3000, "Human: hi\n\nAssistant: ok"]  # no boundary, one far off, short
+    chars = [0] * len(texts)
+    assert embed.token_ids(texts, chars) == embed.cut(texts, chars)
+    assert sum(len(t) > 8 * 32 for t in texts) > 100  # most were read from their tail

@@ -98,3 +98,19 @@ def test_a_run_directory_with_texts_in_its_pairs_file_resumes(hh_rlhf_path, tmp_
     corpus.texts_path(rd).unlink()
     again = prepare(rd, cfg, str(tmp_path / "cache"))
     assert again.equals(pairs) and corpus.pair_texts(rd, pairs["id"]).equals(texts)
+
+
+@pytest.mark.parametrize("column", ["split", "test_draw"])
+def test_a_data_column_named_like_one_the_run_makes_is_refused(tmp_path, column):
+    import json
+
+    from rlthf.rundir import RunDir
+    from rlthf.run.steps import prepare
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no", column: "x"}) + "\n"
+                            for i in range(4)))
+    cfg = load_config(REPO / "configs/demo.yaml", [f"output_dir={tmp_path / 'run'}", f"data.path={data}",
+                                                   "data.ground_truth=raw"])
+    with pytest.raises(ValueError, match=f"column '{column}'"):
+        prepare(RunDir(tmp_path / "run"), cfg, str(tmp_path / "cache"))

@@ -113,6 +113,23 @@ def keep_tokens(offsets, special, prompt_chars: int, budget: int, truncation: st
     return [i for i in range(len(special)) if special[i] or i in kept_set]
 
 
+# Cut from the left, a text keeps its last tokens, so the tokenizer need only read its tail: this many characters
+# per token kept, from a word boundary, and the tail must yield this many tokens beyond those kept (the first
+# word of a tail may tokenize otherwise than in the whole text); a tail that yields fewer is read whole.
+TAIL_CHARS_PER_TOKEN = 8
+TAIL_MARGIN_TOKENS = 8
+
+
+def text_tail(text: str, chars: int) -> str:
+    """The end of ``text`` from the first whitespace of its last ``chars`` characters (all of a shorter text,
+    or of one without whitespace there)."""
+    if len(text) <= chars:
+        return text
+    start = len(text) - chars
+    boundary = next((i for i in range(start, len(text)) if text[i].isspace()), None)
+    return text if boundary is None else text[boundary:]
+
+
 def load_backbone(spec: FeatureSpec):
     """The tokenizer, the base model (no LM head) in eval mode and its number of layers."""
     from transformers import AutoModel, AutoTokenizer
@@ -171,13 +188,31 @@ class Embedder:
         self.pad_token_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
     def token_ids(self, texts: list[str], prompt_chars: list[int]) -> list[list[int]]:
-        """Each text's token ids (with the tokenizer's special tokens) cut to ``max_length``."""
+        """Each text's token ids (with the tokenizer's special tokens) cut to ``max_length``. Cut from the left, a
+        long text is tokenized from its tail (:func:`text_tail`): the same ids, for a fraction of the work."""
+        if self.spec.truncation != "left":
+            return self.cut(texts, prompt_chars)
+        tails = [text_tail(text, TAIL_CHARS_PER_TOKEN * self.spec.max_length) for text in texts]
+        out = self.cut(tails, prompt_chars, margin=TAIL_MARGIN_TOKENS)
+        short = [i for i, (ids, tail, text) in enumerate(zip(out, tails, texts)) if ids is None]
+        for i, ids in zip(short, self.cut([texts[i] for i in short], [prompt_chars[i] for i in short])):
+            out[i] = ids
+        return out
+
+    def cut(self, texts: list[str], prompt_chars: list[int], margin: int | None = None) -> list[list[int] | None]:
+        """Tokenize ``texts`` whole and cut each to ``max_length``; with ``margin``, None for a text that has
+        fewer than the budget plus ``margin`` content tokens (a tail too short to be cut from)."""
+        if not texts:
+            return []
         enc = self.tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True,
                              return_special_tokens_mask=True)
-        out = []
+        out: list[list[int] | None] = []
         for ids, offsets, special, chars in zip(enc["input_ids"], enc["offset_mapping"],
                                                 enc["special_tokens_mask"], prompt_chars):
             budget = self.spec.max_length - sum(special)
+            if margin is not None and len(special) - sum(special) < budget + margin:
+                out.append(None)
+                continue
             out.append([ids[i] for i in keep_tokens(offsets, special, chars, budget, self.spec.truncation)])
         return out
 

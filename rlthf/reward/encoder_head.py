@@ -176,15 +176,16 @@ class EncoderHeadReward:
         """Train on a Dataset (or frame) of ``id, prompt, response_a, response_b, label``; returns the checkpoint
         folder. Over ``LOCAL_PAIRS`` rows the embeddings stream (:func:`streamed_pair_embeddings`) and the head
         trains in a Ray task, in the order of a ``row`` column where there is one (else of ``id``)."""
-        if hasattr(train, "to_pandas") and train.count() > LOCAL_PAIRS:
+        rows = train.count() if hasattr(train, "to_pandas") else len(train)
+        if hasattr(train, "to_pandas") and rows > LOCAL_PAIRS:
             import ray
 
-            embedded = self.streamed(train).materialize()
-            state, info, rows = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(embedded, self.config, seed))
+            embedded = self.streamed(train, rows).materialize()
+            state, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(embedded, self.config, seed))
         else:
             df = train.to_pandas() if hasattr(train, "to_pandas") else train
             emb_a, emb_b = self.embeddings(df)
-            state, info, rows = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
+            state, info, counts = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
         import torch
 
         out_dir = Path(out_dir)
@@ -192,7 +193,7 @@ class EncoderHeadReward:
         torch.save(state, out_dir / "head.pt")
         write_meta(out_dir, backend=self.name, model=self.config.model, max_length=self.config.max_length,
                    features=feature_meta(self.features), standardize=self.config.standardize,
-                   head=self.config.head, head_hidden=self.config.head_hidden, **rows, **info)
+                   head=self.config.head, head_hidden=self.config.head_hidden, **counts, **info)
         return out_dir
 
     def score(self, pairs, checkpoint: str | Path):
@@ -206,8 +207,9 @@ class EncoderHeadReward:
             raise ValueError(f"{checkpoint} was trained on the features {trained_on}, this reward config makes "
                              f"{self.features}; score it with the reward settings it was trained with")
         scorer = HeadScorer(str(checkpoint))
-        if hasattr(pairs, "to_pandas") and pairs.count() > LOCAL_PAIRS:
-            embedded = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]))
+        count = pairs.count() if hasattr(pairs, "to_pandas") else len(pairs)
+        if hasattr(pairs, "to_pandas") and count > LOCAL_PAIRS:
+            embedded = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]), count)
             return embedded.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
         df = pairs.to_pandas() if hasattr(pairs, "to_pandas") else pairs
         emb_a, emb_b = self.embeddings(df)
@@ -215,9 +217,9 @@ class EncoderHeadReward:
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])
         return rows.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
 
-    def streamed(self, pairs):
+    def streamed(self, pairs, count: int):
         c = self.config
-        return streamed_pair_embeddings(self.cache, pairs, pair_count=pairs.count(), batch_size=c.score_batch_size,
+        return streamed_pair_embeddings(self.cache, pairs, pair_count=count, batch_size=c.score_batch_size,
                                         concurrency=c.score_concurrency, cpus_per_actor=c.cpus_per_worker,
                                         use_gpu=c.use_gpu)
 

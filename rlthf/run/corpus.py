@@ -139,7 +139,10 @@ def preference_rows(batch: pd.DataFrame, curated) -> pd.DataFrame:
     """A batch of texts as curated preference rows (:func:`rlthf.core.working_labels.preference_pairs`)."""
     from rlthf.core.working_labels import preference_pairs
 
-    labels = curated.to_pandas().set_index("id").reindex(batch["id"].to_numpy())
+    import pyarrow.compute as pc
+
+    mine = curated.filter(pc.is_in(curated["id"], value_set=pa_strings(batch["id"])))
+    labels = mine.to_pandas().set_index("id").reindex(batch["id"].to_numpy())
     rows = preference_pairs(batch.reset_index(drop=True), labels["label"].to_numpy(dtype=object),
                             labels["label_source"].to_numpy(dtype=object), labels["reward_margin"].to_numpy())
     return rows.assign(in_shard=labels["in_shard"].to_numpy(dtype=bool))

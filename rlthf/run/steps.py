@@ -74,7 +74,9 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         if rejected:
             log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
                         len(rejected), rd.path("data", "rejected.jsonl"), rejected[0])
-        clash = [c for c in ("split", "in_shard", "truth", *DRAWS) if c in pairs.columns and not grouped_by_text]
+        # (a data column named like a derived draw is refused by the reader)
+        own = ("split", "in_shard", "truth") + (() if grouped_by_text else DRAWS)
+        clash = [c for c in own if c in pairs.columns]
         if clash:
             raise ValueError(f"{config.data.path}: the data has a column {clash[0]!r}, a name the run uses itself")
         draws = pairs[list(DRAWS)] if grouped_by_text else pd.DataFrame(group_draws(pairs, config.data, config.seed))

@@ -114,3 +114,16 @@ def test_a_data_column_named_like_one_the_run_makes_is_refused(tmp_path, column)
                                                    "data.ground_truth=raw"])
     with pytest.raises(ValueError, match=f"column '{column}'"):
         prepare(RunDir(tmp_path / "run"), cfg, str(tmp_path / "cache"))
+
+
+def test_data_without_a_valid_pair_is_a_clear_error(tmp_path):
+    from rlthf.rundir import RunDir
+    from rlthf.run.steps import prepare
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "q", "chosen": "", "rejected": "no"}\n{"prompt": "q2"}\n')
+    cfg = load_config(REPO / "configs/demo.yaml", [f"output_dir={tmp_path / 'run'}", f"data.path={data}",
+                                                   "data.ground_truth=raw"])
+    with pytest.raises(ValueError, match="no valid pair; 2 records rejected"):
+        prepare(RunDir(tmp_path / "run"), cfg, str(tmp_path / "cache"))
+    assert len((tmp_path / "run/data/rejected.jsonl").read_text().splitlines()) == 2

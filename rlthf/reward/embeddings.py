@@ -194,7 +194,7 @@ class Embedder:
             return self.cut(texts, prompt_chars)
         tails = [text_tail(text, TAIL_CHARS_PER_TOKEN * self.spec.max_length) for text in texts]
         out = self.cut(tails, prompt_chars, margin=TAIL_MARGIN_TOKENS)
-        short = [i for i, (ids, tail, text) in enumerate(zip(out, tails, texts)) if ids is None]
+        short = [i for i, ids in enumerate(out) if ids is None]
         for i, ids in zip(short, self.cut([texts[i] for i in short], [prompt_chars[i] for i in short])):
             out[i] = ids
         return out
@@ -270,7 +270,8 @@ class EmbeddingCache:
     def hashes(self) -> set[str]:
         import pyarrow.parquet as pq
 
-        return {h for part in self.parts() for h in pq.read_table(part, columns=["text_hash"])["text_hash"].to_pylist()}
+        return {h for part in self.parts()
+                for h in pq.read_table(part, columns=["text_hash"])["text_hash"].to_pylist()}
 
     def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """The cached vectors of those of ``hashes`` that are cached."""
@@ -310,7 +311,8 @@ class EmbeddingCache:
 def write_part(directory: Path, hashes: list[str], vectors: np.ndarray) -> None:
     """One cache part: a Parquet file under ``directory``, written atomically (a crash loses at most this one)."""
     # float lists as the first caches wrote them, so every part has one schema
-    df = pd.DataFrame({"text_hash": hashes, "embedding": [np.asarray(v, dtype=np.float32).tolist() for v in vectors]})
+    embedding = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
+    df = pd.DataFrame({"text_hash": hashes, "embedding": embedding})
     atomic_write_parquet(Path(directory) / f"part-{uuid.uuid4().hex}.parquet", df)
 
 

@@ -176,14 +176,15 @@ class EncoderHeadReward:
         """Train on a Dataset (or frame) of ``id, prompt, response_a, response_b, label``; returns the checkpoint
         folder. Over ``LOCAL_PAIRS`` rows the embeddings stream (:func:`streamed_pair_embeddings`) and the head
         trains in a Ray task, in the order of a ``row`` column where there is one (else of ``id``)."""
-        rows = train.count() if hasattr(train, "to_pandas") else len(train)
-        if hasattr(train, "to_pandas") and rows > LOCAL_PAIRS:
+        is_dataset = hasattr(train, "to_pandas")
+        rows = train.count() if is_dataset else len(train)
+        if is_dataset and rows > LOCAL_PAIRS:
             import ray
 
             embedded = self.streamed(train, rows).materialize()
             state, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(embedded, self.config, seed))
         else:
-            df = train.to_pandas() if hasattr(train, "to_pandas") else train
+            df = train.to_pandas() if is_dataset else train
             emb_a, emb_b = self.embeddings(df)
             state, info, counts = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
         import torch
@@ -207,11 +208,12 @@ class EncoderHeadReward:
             raise ValueError(f"{checkpoint} was trained on the features {trained_on}, this reward config makes "
                              f"{self.features}; score it with the reward settings it was trained with")
         scorer = HeadScorer(str(checkpoint))
-        count = pairs.count() if hasattr(pairs, "to_pandas") else len(pairs)
-        if hasattr(pairs, "to_pandas") and count > LOCAL_PAIRS:
+        is_dataset = hasattr(pairs, "to_pandas")
+        count = pairs.count() if is_dataset else len(pairs)
+        if is_dataset and count > LOCAL_PAIRS:
             embedded = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]), count)
             return embedded.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
-        df = pairs.to_pandas() if hasattr(pairs, "to_pandas") else pairs
+        df = pairs.to_pandas() if is_dataset else pairs
         emb_a, emb_b = self.embeddings(df)
         rows = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
                                     for i, a, b in zip(df["id"], emb_a, emb_b)])

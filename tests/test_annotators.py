@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 
-from rlthf.annotation.annotators import AnnotationPending, FileQueueAnnotator, SimulatedHuman
+from rlthf.annotation.annotators import AnnotationPending, FileQueueAnnotator, LabelTable, SimulatedHuman
 from rlthf.annotation.store import InvalidAnswer, answers_path, read_answers, request_path
 from rlthf.annotation.importing import import_answers
 from rlthf.core.labels import hash_unit
@@ -55,6 +55,20 @@ def test_simulated_human_error_rate_flips_the_hashed_ids(tmp_path):
     assert {pid for pid, label in answers.items() if label == "b"} == expected_flips
     again = SimulatedHuman(tmp_path / "other_run", truth, error_rate=0.3, seed=4)
     assert again.annotate(make_requests(ids), iteration=2) == answers  # deterministic across runs
+
+
+def test_a_label_table_answers_as_the_dict_does_and_refuses_the_same_pairs(tmp_path):
+    ids = [f"p{i}" for i in range(120)]
+    truth = {pid: "ab"[int(u < 0.5)] for pid, u in zip(ids, hash_unit(1, "t", ids))}
+    table = LabelTable(list(truth), list(truth.values()))
+    answers = SimulatedHuman(tmp_path / "table", table, error_rate=0.3, seed=4).annotate(make_requests(ids), 2)
+    assert answers == SimulatedHuman(tmp_path / "dict", truth, error_rate=0.3, seed=4).annotate(make_requests(ids), 2)
+    assert table.labels_for(["p3", "nope", "p1"]) == {"p3": truth["p3"], "p1": truth["p1"]}
+    with pytest.raises(KeyError, match="nope"):
+        SimulatedHuman(tmp_path / "missing", table).annotate(make_requests(["p1", "nope"]), 1)
+    with pytest.raises(ValueError, match="pair p1: no human label"):
+        SimulatedHuman(tmp_path / "none", LabelTable(["p1"], [None])).annotate(make_requests(["p1"]), 1)
+    assert not (tmp_path / "none/annotations/iter_1/answers.jsonl").exists()  # a bad truth writes nothing
 
 
 def test_second_simulated_human_asks_nothing_again(tmp_path):

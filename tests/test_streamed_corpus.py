@@ -2,6 +2,8 @@
 cache by text hash (or embedded by the actor pool), heads train in a Ray task, and curated.parquet is written
 batch by batch. A run made to take that path on a small corpus (its thresholds lowered) ships what the driver's
 own path ships."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,6 +38,12 @@ def test_a_run_whose_corpus_streams_ships_what_the_driver_run_ships(ray_local, h
     np.testing.assert_allclose(a["reward_margin"], b["reward_margin"], atol=1e-6)  # float32 heads, other batches
     assert [r["test_acc"] for r in direct.metrics] == [r["test_acc"] for r in stream.metrics]
     assert direct.summary["curated_label_acc"] == stream.summary["curated_label_acc"]
+    # the streamed run embedded its pairs once, into a folder every later pass read; the direct one did not
+    steps = {name: json.loads((r.run_dir / "steps.json").read_text()) for name, r in (("d", direct), ("s", stream))}
+    assert "features" not in steps["d"] and steps["s"]["features"]["pairs"] == len(pd.read_parquet(
+        stream.run_dir / "data/pairs.parquet"))
+    features = pd.read_parquet(stream.run_dir / steps["s"]["features"]["path"])
+    assert set(features.columns) == {"id", "emb_a", "emb_b"} and features["id"].is_unique
 
 
 def test_streamed_embeddings_join_the_cache_embed_the_rest_once_and_train_the_same_head(ray_local, hh_rlhf_path,
@@ -79,7 +87,7 @@ def test_pairs_dataset_keeps_every_row_and_its_columns(ray_local, tmp_path, monk
     large = corpus.pairs_dataset(rd, rows).to_pandas().sort_values("row").reset_index(drop=True)
     pd.testing.assert_frame_equal(small[list(large.columns)], large, check_dtype=False)
     assert small["prompt"].tolist() == ["q3", "q7", "q3", "q29"] and small["row"].tolist() == [0, 1, 2, 3]
-    with pytest.raises(KeyError, match="no texts for pair 'nope'"):
+    with pytest.raises(KeyError, match="has no row for pair 'nope'"):
         corpus.pair_texts(rd, ["p1", "nope"])
 
 
@@ -127,3 +135,35 @@ def test_data_without_a_valid_pair_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no valid pair; 2 records rejected"):
         prepare(RunDir(tmp_path / "run"), cfg, str(tmp_path / "cache"))
     assert len((tmp_path / "run/data/rejected.jsonl").read_text().splitlines()) == 2
+
+
+def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlthf.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    ids = [f"p{i:02d}" for i in range(20)]
+    texts = pd.DataFrame({"id": ids, "prompt": [f"q{i}" for i in range(20)], "response_a": [f"a{i}" for i in range(20)],
+                          "response_b": [f"b{i}" for i in range(20)]})
+    pq.write_table(pa.Table.from_pandas(texts, preserve_index=False), corpus.texts_path(rd), row_group_size=3)
+    assert pq.ParquetFile(corpus.texts_path(rd)).num_row_groups == 7
+    # the test pairs (p00-p04) are no part of the curated corpus; the curated rows come in any order
+    curated = pd.DataFrame({"id": ids[5:], "label": ["a", "b", "b"] * 5, "label_source": "ai",
+                            "reward_margin": np.arange(15.0), "in_shard": [True, False, False] * 5})
+    corpus.write_curated(rd, tmp_path / "curated.parquet", curated.sample(frac=1.0, random_state=0))
+    out = pd.read_parquet(tmp_path / "curated.parquet")
+    assert out["id"].tolist() == ids[5:]  # the texts' order
+    assert out["chosen"].tolist() == [f"{side}{i}" for i, side in zip(range(5, 20), "abb" * 5)]
+    assert out["rejected"].tolist() == [f"{side}{i}" for i, side in zip(range(5, 20), "baa" * 5)]
+    assert out["reward_margin"].tolist() == list(np.arange(15.0))
+    assert out["in_shard"].tolist() == [True, False, False] * 5
+
+    # a folder read by id: repeats kept in the order asked, a row written twice read once
+    folder = tmp_path / "features"
+    folder.mkdir()
+    texts.iloc[:12].to_parquet(folder / "part-0.parquet")
+    texts.iloc[10:].to_parquet(folder / "part-1.parquet")
+    got = corpus.rows_by_id(folder, ["p11", "p03", "p11", "p19"])
+    assert got["id"].tolist() == ["p11", "p03", "p11", "p19"] and got["prompt"].tolist() == ["q11", "q3", "q11", "q19"]

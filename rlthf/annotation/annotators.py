@@ -48,6 +48,25 @@ class Annotator(Protocol):
     def annotate(self, requests: pd.DataFrame, iteration: int) -> dict[str, str]: ...
 
 
+class LabelTable:
+    """Pair ids and their labels as two Arrow arrays: a corpus's ground truth held without a Python object per
+    pair (a dict of a million ids costs about 100 MB), of which a simulated human reads a few thousand."""
+
+    def __init__(self, ids, labels) -> None:
+        import pyarrow as pa
+
+        self.ids, self.labels = pa.array(ids, pa.string()), pa.array(labels, pa.string())
+
+    def labels_for(self, ids: list[str]) -> dict[str, str | None]:
+        """The labels of those of ``ids`` in the table (a missing label is None)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        position = pc.index_in(pa.array(ids, pa.string()), value_set=self.ids).to_pylist()
+        labels = self.labels.take(pa.array([p for p in position if p is not None], pa.int64())).to_pylist()
+        return dict(zip([pid for pid, p in zip(ids, position) if p is not None], labels))
+
+
 class SimulatedHuman:
     """Answers from known labels, the way the paper simulates human annotators.
 
@@ -55,8 +74,8 @@ class SimulatedHuman:
     ----------
     run_dir : str or Path
         The run directory; requests and answers go under ``annotations/iter_{k}/``.
-    truth : Mapping[str, str]
-        Pair id to the human label, ``"a"`` or ``"b"``.
+    truth : Mapping[str, str] or LabelTable
+        Pair id to the human label, ``"a"`` or ``"b"`` (a :class:`LabelTable` for a corpus of millions).
     error_rate : float, default=0.0
         Chance that an answer is flipped; decided per pair id by a seeded hash, so reruns flip the same pairs.
     seed : int, default=0
@@ -65,7 +84,7 @@ class SimulatedHuman:
 
     name = "simulated_human"
 
-    def __init__(self, run_dir: str | Path | RunDir, truth: Mapping[str, str], *, error_rate: float = 0.0,
+    def __init__(self, run_dir: str | Path | RunDir, truth: Mapping[str, str] | LabelTable, *, error_rate: float = 0.0,
                  seed: int = 0) -> None:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1]; got {error_rate}")
@@ -78,14 +97,16 @@ class SimulatedHuman:
         answers_file = answers_path(self.run_dir, iteration)
         answers = read_answers(self.run_dir, iteration)  # a crashed attempt may have answered some already
         to_ask = [i for i in ids if i not in answers]
+        truth = (self.truth.labels_for(to_ask) if isinstance(self.truth, LabelTable)
+                 else {pid: self.truth[pid] for pid in to_ask if pid in self.truth})
         for pid in to_ask:  # check every label before answering any, so a bad truth writes nothing
-            if pid not in self.truth:
+            if pid not in truth:
                 raise KeyError(pid)
-            if self.truth[pid] not in LABELS:
-                raise ValueError(f"pair {pid}: no human label to simulate (got {self.truth[pid]!r})")
+            if truth[pid] not in LABELS:
+                raise ValueError(f"pair {pid}: no human label to simulate (got {truth[pid]!r})")
         wrong = hash_unit(self.seed, "human", to_ask) < self.error_rate
         for pid, is_wrong in zip(to_ask, wrong):
-            label = flip_labels([self.truth[pid]])[0] if is_wrong else self.truth[pid]
+            label = flip_labels([truth[pid]])[0] if is_wrong else truth[pid]
             append_jsonl_durable(answers_file, answer_record(pid, label, self.name))
             answers[pid] = label
             self.questions_asked += 1

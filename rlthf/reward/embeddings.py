@@ -500,3 +500,38 @@ def streamed_actor_cpus(cpus_per_actor: int, concurrency: int) -> float:
 
     total = float(ray.cluster_resources().get("CPU", 1.0))
     return round(max(0.1, min(float(cpus_per_actor), (0.75 * total - 1.0) / concurrency)), 2)
+
+
+FEATURE_FILE_PAIRS = 50_000
+
+
+def write_pair_features(cache: EmbeddingCache, pairs, path: str | Path, *, pair_count: int, **pool) -> None:
+    """``id, emb_a, emb_b`` of every pair of ``pairs`` (a Ray Dataset of ``id, prompt, response_a,
+    response_b``) as a Parquet folder at ``path``, embedded as :func:`streamed_pair_embeddings` does (``pool``:
+    its actor pool options). A run writes its pairs' features once; every later pass reads them by id instead
+    of joining the cache again (two hash joins a pass). Written beside ``path`` and renamed when whole."""
+    import shutil
+
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # a crash mid-write left it behind
+    embedded = streamed_pair_embeddings(cache, pairs.select_columns(["id", "prompt", "response_a", "response_b"]),
+                                        pair_count=pair_count, **pool)
+    # files of tens of thousands of pairs (a pass opens each: one per 1,024-pair block made every pass slow), in
+    # small row groups (a few pairs read by id decode one)
+    embedded.map_batches(feature_table, batch_format="pandas").write_parquet(
+        str(partial), min_rows_per_file=FEATURE_FILE_PAIRS, row_group_size=4096)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+
+
+def feature_table(batch: pd.DataFrame):
+    """A batch of ``id, emb_a, emb_b`` (a vector per cell) as an Arrow table of fixed-size float32 lists."""
+    import pyarrow as pa
+
+    def vectors(column: str):
+        matrix = np.stack(batch[column].to_numpy()).astype(np.float32)
+        return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+    return pa.table({"id": pa.array(batch["id"].to_numpy(dtype=object), pa.string()),
+                     "emb_a": vectors("emb_a"), "emb_b": vectors("emb_b")})

@@ -23,7 +23,8 @@ import pandas as pd
 from rlthf.config import RewardConfig
 from rlthf.core.labels import checked_labels
 from rlthf.reward.common import read_meta, validation_mask, warmup_linear, write_meta
-from rlthf.reward.embeddings import EmbeddingCache, FeatureSpec, pair_embeddings, streamed_pair_embeddings
+from rlthf.reward.embeddings import (EmbeddingCache, FeatureSpec, pair_embeddings, streamed_pair_embeddings,
+                                     write_pair_features)
 
 # Up to this many pairs the embeddings are looked up, and a head trained, in this process: a Ray Data join
 # costs about 10 s however small its input (benchmarks/join_cost.py), reading a few thousand vectors a
@@ -173,20 +174,23 @@ class EncoderHeadReward:
         return pair_embeddings(self.cache, pairs, batch_size=c.score_batch_size, concurrency=c.score_concurrency,
                                cpus_per_actor=c.cpus_per_worker, use_gpu=c.use_gpu)
 
-    def train(self, train, out_dir: str | Path, *, seed: int) -> Path:
-        """Train on a Dataset (or frame) of ``id, prompt, response_a, response_b, label``; returns the checkpoint
-        folder. Over ``LOCAL_PAIRS`` rows the embeddings stream (:func:`streamed_pair_embeddings`) and the head
-        trains in a Ray task, in the order of a ``row`` column where there is one (else of ``id``)."""
+    def train(self, train, out_dir: str | Path, *, seed: int, count: int | None = None,
+              embedded: bool = False) -> Path:
+        """Train on a Dataset (or frame) of ``id, prompt, response_a, response_b, label`` (with ``embedded``:
+        ``id, emb_a, emb_b, label``, the pairs' features read from :meth:`featurize`'s folder); returns the
+        checkpoint folder. Over ``LOCAL_PAIRS`` rows (``count``, when the caller knows it, saves a pass counting
+        them) the embeddings stream (:func:`streamed_pair_embeddings`) and the head trains in a Ray task, in the
+        order of a ``row`` column where there is one (else of ``id``)."""
         is_dataset = hasattr(train, "to_pandas")
-        rows = train.count() if is_dataset else len(train)
+        rows = count if count is not None else (train.count() if is_dataset else len(train))
         if is_dataset and rows > LOCAL_PAIRS:
             import ray
 
-            embedded = self.streamed(train, rows).materialize()
-            state, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(embedded, self.config, seed))
+            features = (train if embedded else self.streamed(train, rows)).materialize()
+            state, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(features, self.config, seed))
         else:
             df = train.to_pandas() if is_dataset else train
-            emb_a, emb_b = self.embeddings(df)
+            emb_a, emb_b = (np.stack(df["emb_a"]), np.stack(df["emb_b"])) if embedded else self.embeddings(df)
             state, info, counts = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
         import torch
 
@@ -198,10 +202,10 @@ class EncoderHeadReward:
                    head=self.config.head, head_hidden=self.config.head_hidden, **counts, **info)
         return out_dir
 
-    def score(self, pairs, checkpoint: str | Path):
-        """Rewards of both responses of every pair: a Dataset of ``id, reward_a, reward_b``. Over
-        ``LOCAL_PAIRS`` pairs the embeddings stream from the cache and the actor pool to the head, and nothing
-        passes through this process."""
+    def score(self, pairs, checkpoint: str | Path, *, count: int | None = None, embedded: bool = False):
+        """Rewards of both responses of every pair: a Dataset of ``id, reward_a, reward_b``. ``pairs`` as for
+        :meth:`train`, without labels. Over ``LOCAL_PAIRS`` pairs the embeddings stream from the cache and the
+        actor pool to the head, and nothing passes through this process."""
         import ray
 
         trained_on = checkpoint_features(read_meta(checkpoint))
@@ -210,15 +214,26 @@ class EncoderHeadReward:
                              f"{self.features}; score it with the reward settings it was trained with")
         scorer = HeadScorer(str(checkpoint))
         is_dataset = hasattr(pairs, "to_pandas")
-        count = pairs.count() if is_dataset else len(pairs)
-        if is_dataset and count > LOCAL_PAIRS:
-            embedded = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]), count)
-            return embedded.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
-        df = pairs.to_pandas() if is_dataset else pairs
-        emb_a, emb_b = self.embeddings(df)
-        rows = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
-                                    for i, a, b in zip(df["id"], emb_a, emb_b)])
-        return rows.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
+        if is_dataset and not embedded and count is None:
+            count = pairs.count()
+        if embedded and is_dataset:
+            features = pairs.select_columns(["id", "emb_a", "emb_b"])
+        elif is_dataset and count > LOCAL_PAIRS:
+            features = self.streamed(pairs.select_columns(["id", "prompt", "response_a", "response_b"]), count)
+        else:
+            df = pairs.to_pandas() if is_dataset else pairs
+            emb_a, emb_b = (np.stack(df["emb_a"]), np.stack(df["emb_b"])) if embedded else self.embeddings(df)
+            features = ray.data.from_items([{"id": i, "emb_a": a, "emb_b": b}
+                                            for i, a, b in zip(df["id"], emb_a, emb_b)])
+        return features.map_batches(scorer, batch_size=4096, num_cpus=1, batch_format="numpy")
+
+    def featurize(self, pairs, path: str | Path, *, count: int) -> None:
+        """Write the features of every pair of the Dataset ``pairs`` (``id, prompt, response_a, response_b``) to
+        the Parquet folder ``path``, for :meth:`train` and :meth:`score` with ``embedded``: a corpus's features
+        joined from the cache (and embedded where missing) once, not on every pass."""
+        c = self.config
+        write_pair_features(self.cache, pairs, path, pair_count=count, batch_size=c.score_batch_size,
+                            concurrency=c.score_concurrency, cpus_per_actor=c.cpus_per_worker, use_gpu=c.use_gpu)
 
     def streamed(self, pairs, count: int):
         c = self.config

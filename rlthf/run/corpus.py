@@ -17,6 +17,11 @@ TEXTS = ("data", "texts.parquet")
 DRIVER_ROWS = 20_000
 
 
+def beyond_driver(rows: int) -> bool:
+    """Whether a step's rows are too many to read here (``DRIVER_ROWS``): they stream to Ray's workers."""
+    return rows > DRIVER_ROWS
+
+
 def texts_path(rd: RunDir) -> Path:
     return rd.path(*TEXTS)
 
@@ -45,31 +50,58 @@ def write_texts(rd: RunDir, pairs: pd.DataFrame) -> None:
 
 def pair_texts(rd: RunDir, ids) -> pd.DataFrame:
     """``id, prompt, response_a, response_b`` of the pairs ``ids`` (repeats allowed), in that order."""
-    import pyarrow.parquet as pq
+    return rows_by_id(texts_path(rd), ids)[list(PAIR_TEXT)]
+
+
+def rows_by_id(path: Path, ids) -> pd.DataFrame:
+    """The rows of the Parquet file or folder ``path`` (keyed by ``id``) for ``ids`` (repeats allowed), in that
+    order. It reads the ids a row group at a time and the rest of a group only where one matches, so a few
+    thousand pairs of a corpus of millions cost about a row group of memory."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
 
     ids = pd.Series(ids, dtype=object).reset_index(drop=True)
     wanted = pd.unique(ids.to_numpy())
-    table = pq.read_table(texts_path(rd), filters=[("id", "in", list(wanted))]) if len(wanted) else None
-    texts = (table.to_pandas() if table is not None else pd.DataFrame(columns=list(PAIR_TEXT))).set_index("id")
-    missing = ~pd.Index(wanted).isin(texts.index)
+    dataset = pads.dataset(path, format="parquet")
+    value_set, parts = pa_strings(wanted), []
+    for fragment in dataset.get_fragments() if len(wanted) else ():
+        for group in fragment.split_by_row_group():
+            match = pc.is_in(group.to_table(columns=["id"])["id"], value_set=value_set)
+            if pc.any(match).as_py():
+                parts.append(group.to_table(schema=dataset.schema).filter(match))
+    found = pa.concat_tables(parts).to_pandas() if parts else pd.DataFrame(columns=dataset.schema.names)
+    found = found.drop_duplicates("id").set_index("id")  # a folder written by a stream may hold a row twice
+    missing = ~pd.Index(wanted).isin(found.index)
     if missing.any():
-        raise KeyError(f"{texts_path(rd)} has no texts for pair {wanted[missing][0]!r}")
-    return texts.reindex(ids.to_numpy()).rename_axis("id").reset_index()[list(PAIR_TEXT)]
+        raise KeyError(f"{path} has no row for pair {wanted[missing][0]!r}")
+    return found.reindex(ids.to_numpy()).rename_axis("id").reset_index()
 
 
 def with_texts(rd: RunDir, pairs: pd.DataFrame) -> pd.DataFrame:
     """``pairs`` (rows with an ``id``; repeats allowed) with their ``prompt``, ``response_a`` and
     ``response_b``, in the order of ``pairs``."""
-    texts = pair_texts(rd, pairs["id"])
-    return pairs.assign(**{column: texts[column].to_numpy() for column in PAIR_TEXT[1:]})
+    return with_columns(texts_path(rd), pairs)
+
+
+def with_columns(path: Path, pairs: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` with the other columns of their rows in the Parquet file or folder ``path`` (keyed by ``id``)."""
+    found = rows_by_id(path, pairs["id"])
+    return pairs.assign(**{column: found[column].to_numpy() for column in found.columns if column != "id"})
 
 
 def texts_dataset(rd: RunDir, ids=None):
     """``id, prompt, response_a, response_b`` streamed from Parquet as a Ray Dataset: every pair's, or those of
     ``ids`` (in file order: a consumer keys its results by id)."""
+    return rows_dataset(texts_path(rd), ids)
+
+
+def rows_dataset(path: Path, ids=None):
+    """The rows of the Parquet file or folder ``path``, or those whose ``id`` is one of ``ids``, streamed as a
+    Ray Dataset in file order."""
     import ray.data
 
-    dataset = ray.data.read_parquet(str(texts_path(rd)))
+    dataset = ray.data.read_parquet(str(path))
     if ids is None:
         return dataset
     wanted = pa_strings(pd.unique(pd.Series(ids, dtype=object).to_numpy()))
@@ -83,17 +115,20 @@ def keep_ids(batch, wanted):
     return batch.filter(pc.is_in(batch["id"], value_set=wanted))
 
 
-def pairs_dataset(rd: RunDir, rows: pd.DataFrame):
-    """``rows`` (an ``id`` and any other columns; repeats allowed) with their texts, as a Ray Dataset: read here
-    up to ``DRIVER_ROWS`` rows (in the order of ``rows``), past it joined on in a stream (in no set order; a
+def pairs_dataset(rd: RunDir, rows: pd.DataFrame, source: Path | None = None):
+    """``rows`` (an ``id`` and any other columns; repeats allowed) with their texts (or the columns of their
+    rows in ``source``, a Parquet file or folder keyed by ``id``: the pairs' features), as a Ray Dataset: read
+    here up to ``DRIVER_ROWS`` rows (in the order of ``rows``), past it joined on in a stream (in no set order; a
     consumer that needs one keeps a column that says it, as the training rows' ``row``)."""
     import pyarrow as pa
     import ray.data
 
-    if len(rows) <= DRIVER_ROWS:
-        return ray.data.from_pandas(with_texts(rd, rows.reset_index(drop=True)))
+    source = source or texts_path(rd)
+    if not beyond_driver(len(rows)):
+        return ray.data.from_pandas(with_columns(source, rows.reset_index(drop=True)))
     table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
-    return texts_dataset(rd, rows["id"]).map_batches(attach_rows, fn_kwargs={"rows": table}, batch_format="pandas")
+    return rows_dataset(source, rows["id"]).map_batches(attach_rows, fn_kwargs={"rows": table},
+                                                        batch_format="pandas")
 
 
 def attach_rows(batch: pd.DataFrame, rows) -> pd.DataFrame:
@@ -117,23 +152,25 @@ def pa_strings(values):
 
 def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
     """``curated.parquet``: TRL's ``prompt, chosen, rejected`` and ``id, label_source, reward_margin,
-    in_shard`` of every pair of ``curated`` (``id, label, label_source, reward_margin, in_shard``), its texts
-    joined on in a Ray Data stream and written batch by batch (in the order of ``data/texts.parquet``), so the
-    corpus's texts never gather in one process."""
+    in_shard`` of every pair of ``curated`` (``id, label, label_source, reward_margin, in_shard``), in the order
+    of ``data/texts.parquet`` (the data file's), written a row group of texts at a time: this process holds the
+    curated labels (a few numbers a pair) and one row group, never the corpus's texts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from rlthf.rundir import replace_when_done
 
     table = pa.Table.from_pandas(curated.reset_index(drop=True), preserve_index=False)
-    stream = texts_dataset(rd, curated["id"]).map_batches(preference_rows, fn_kwargs={"curated": table},
-                                                          batch_format="pandas")
-    stream.context.execution_options.preserve_order = True  # the same file from the same run
+    wanted = pa_strings(curated["id"])
+    texts = pq.ParquetFile(texts_path(rd))
     with replace_when_done(path) as partial:
         writer = None
-        for batch in stream.iter_batches(batch_size=None, batch_format="pyarrow"):
-            writer = writer or pq.ParquetWriter(partial, batch.schema)
-            writer.write_table(batch)
+        for group in range(texts.num_row_groups):
+            batch = keep_ids(texts.read_row_group(group), wanted)
+            if batch.num_rows:
+                rows = pa.Table.from_pandas(preference_rows(batch.to_pandas(), table), preserve_index=False)
+                writer = writer or pq.ParquetWriter(partial, rows.schema)
+                writer.write_table(rows.cast(writer.schema))
         if writer is None:  # an empty corpus still gets its file
             preference_rows(pd.DataFrame(columns=list(PAIR_TEXT)), table).to_parquet(partial, index=False)
         else:

@@ -1,6 +1,7 @@
 """The RLTHF driver: one linear loop, every step saved in the run directory so that a rerun resumes.
 
     prepare          load, split off the test set, draw the shard, fix the ground truth
+    features         a corpus too large for the driver: every pair's reward features, written once
     judge            an LLM judge labels the shard, when ai_labels.source is judge (3.1)
     iter_0/labels    initial AI labels on the shard (the judge's, or the simulated labeler's)
     iter_0/train     reward model 0 on all AI labels (3.2.3)
@@ -22,19 +23,19 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 import yaml
 
-from rlthf.annotation.annotators import Annotator, FileQueueAnnotator, SimulatedHuman
+from rlthf.annotation.annotators import Annotator, FileQueueAnnotator, LabelTable, SimulatedHuman
 from rlthf.cluster.session import init_ray
 from rlthf.config import ConfigError, RLTHFConfig
 from rlthf.reward.backends import make_reward_backend
 from rlthf.rundir import RunDir, atomic_write_jsonl, atomic_write_text
 from rlthf.run.logs import run_log
 from rlthf.run.report import format_table, plot_accuracy, summary_text, warn_if_worse
-from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, curate_step, initial_labels, judge_step,
-                             metrics_step, prepare, score_step, select_step, train_step, validate_step)
+from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, curate_step, features_step, initial_labels,
+                             judge_step, metrics_step, prepare, score_step, select_step, train_step, validate_step)
 
 if TYPE_CHECKING:
     from rlthf.annotation.served import PageAddress
@@ -100,13 +101,14 @@ def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotato
     pairs = prepare(rd, config, cache_dir)  # bad data fails here, before Ray starts
     init_ray(config.ray)
     backend = make_reward_backend(config.reward, cache_dir)
+    features_step(rd, backend, pairs)
     corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
     shard = pairs[pairs["in_shard"]].reset_index(drop=True)
     test = pairs[pairs["split"] == "test"].reset_index(drop=True)
     echo(f"rlthf: {len(pairs)} pairs: {len(corpus)} corpus ({len(shard)} in the shard), {len(test)} test; "
          f"run directory {rd.root}")
     if annotator is None:
-        annotator = make_annotator(config, rd, dict(zip(corpus["id"], corpus["truth"])))
+        annotator = make_annotator(config, rd, LabelTable(corpus["id"], corpus["truth"]))
     rows: list[dict] = []
 
     def record(row: dict) -> None:
@@ -140,7 +142,7 @@ def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotato
     return RunResult(rd.root, rows, curated_path, summary)
 
 
-def make_annotator(config: RLTHFConfig, rd: RunDir | str | Path, truth: Optional[dict] = None, *,
+def make_annotator(config: RLTHFConfig, rd: RunDir | str | Path, truth: Optional[Mapping | LabelTable] = None, *,
                    serve: Optional["PageAddress"] = None) -> Annotator:
     """The annotator the config names. ``serve``: people answer on the page that the run serves at that address,
     and the run waits for them (``rlthf run --serve``) instead of stopping with exit status 3."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -30,7 +32,8 @@ from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, init
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet
-from rlthf.run.corpus import pair_texts, pairs_dataset, read_pairs_index, texts_path, with_texts, write_curated
+from rlthf.run.corpus import (beyond_driver, pair_texts, pairs_dataset, read_pairs_index, texts_dataset, texts_path,
+                              with_texts, write_curated)
 from rlthf.run.report import plot_curve
 
 log = logging.getLogger("rlthf")
@@ -45,8 +48,23 @@ def once(rd: RunDir, name: str, compute: Callable[[], dict | None], load: Callab
     if not rd.done(name):
         start = time.perf_counter()
         info = compute() or {}
-        rd.mark_done(name, **{"seconds": time.perf_counter() - start, **info})
+        rd.mark_done(name, **{"seconds": time.perf_counter() - start, **memory_info(), **info})
     return load()
+
+
+def memory_info() -> dict:
+    """This process's peak resident memory so far, in MiB (where a step raises it, that step holds the most), and
+    on Linux its resident memory now, split into its own (anonymous) pages and shared ones: the pages of Ray's
+    object store it has read or written count in its RSS, though the object store holds them."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    info = {"driver_peak_rss_mib": round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)}
+    status = Path("/proc/self/status")
+    if status.exists():
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        for name, key in (("RssAnon", "driver_rss_own_mib"), ("RssShmem", "driver_rss_shared_mib")):
+            if name in fields:
+                info[key] = round(int(fields[name].split()[0]) / 1024, 1)
+    return info
 
 
 def corpus_size(rd: RunDir) -> int:
@@ -250,6 +268,36 @@ def reserved_labels(rd: RunDir) -> int:
     return int(rd.info("prepare").get("audit_reserved", 0))
 
 
+def features_step(rd: RunDir, backend, pairs: pd.DataFrame) -> None:
+    """The features of every pair, written once (``data/features-<key>/``) where the reward model reads frozen
+    features and the run is too large for this process (:func:`~rlthf.run.corpus.beyond_driver`): every later
+    training and scoring pass reads its pairs' features by id, where it would join the embedding cache on the
+    texts again."""
+    path = features_path(rd, backend)
+    if path is None or not beyond_driver(len(pairs)):
+        return
+
+    def compute() -> dict:
+        backend.featurize(texts_dataset(rd), path, count=len(pairs))
+        return {"pairs": len(pairs), "path": str(path.relative_to(rd.root))}
+
+    once(rd, "features", compute, lambda: None)
+
+
+def features_path(rd: RunDir, backend) -> Path | None:
+    """Where a run keeps its pairs' features for ``backend`` (one that reads frozen features), else None."""
+    return rd.root / "data" / f"features-{backend.features.cache_key()}" if hasattr(backend, "featurize") else None
+
+
+def reward_rows(rd: RunDir, backend, rows: pd.DataFrame):
+    """``rows`` (an ``id`` and any other columns) as the Ray Dataset ``backend`` trains on or scores, and the
+    keywords that tell it what it got: their features where :func:`features_step` wrote them, else their texts."""
+    path = features_path(rd, backend)
+    if path is None or not path.exists():
+        return pairs_dataset(rd, rows), {}
+    return pairs_dataset(rd, rows, path), {"count": len(rows), "embedded": True}
+
+
 def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.DataFrame) -> Path:
     """Reward model k on ``train_rows`` (``id, label``; repeats allowed), their texts read from the run."""
     final = rd.path(*iteration_path(k, "checkpoint"))
@@ -258,8 +306,8 @@ def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.
         partial = final.with_name("checkpoint.partial")
         shutil.rmtree(partial, ignore_errors=True)  # a crash mid-training left it behind
         # row: the rows' order, which a training run that streams its rows restores
-        dataset = pairs_dataset(rd, train_rows[["id", "label"]].assign(row=np.arange(len(train_rows))))
-        backend.train(dataset, partial, seed=config.seed + k)
+        dataset, what = reward_rows(rd, backend, train_rows[["id", "label"]].assign(row=np.arange(len(train_rows))))
+        backend.train(dataset, partial, seed=config.seed + k, **what)
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         return {"rows": len(train_rows), "pairs": int(train_rows["id"].nunique())}
@@ -267,19 +315,30 @@ def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.
     return once(rd, f"iter_{k}/train", compute, lambda: final)
 
 
-def score_pairs(backend, checkpoint: Path, pairs, ids) -> pd.DataFrame:
+def score_pairs(backend, checkpoint: Path, pairs, ids, **what) -> pd.DataFrame:
     """``id, reward_a, reward_b`` under ``checkpoint`` of the pairs of the Ray Dataset ``pairs``, in the order of
-    ``ids`` (each must be scored)."""
-    scored = backend.score(pairs, checkpoint).to_pandas().drop_duplicates("id")
-    scored = scored.set_index("id").reindex(pd.Series(ids, dtype=object).to_numpy())
-    if scored["reward_a"].isna().any():
-        raise RuntimeError(f"scoring lost pair {scored.index[scored['reward_a'].isna()][0]!r}")
-    return scored.rename_axis("id").reset_index()[["id", "reward_a", "reward_b"]]
+    ``ids`` (each must be scored); ``what``: the backend's keywords from :func:`reward_rows`. The scores stay
+    Arrow until they are put in order: a million pairs' ids as Python strings would cost hundreds of MB."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    batches = list(backend.score(pairs, checkpoint, **what).iter_batches(batch_size=None, batch_format="pyarrow"))
+    scored = pa.concat_tables(batches) if batches else None
+    ids = pd.Series(ids).reset_index(drop=True)
+    wanted = pa.array(ids.astype("str"), pa.string())
+    position = pc.index_in(wanted, value_set=scored["id"]) if scored is not None else pa.nulls(len(ids), pa.int32())
+    if position.null_count:
+        raise RuntimeError(f"scoring lost pair {ids[int(pc.index(pc.is_null(position), True).as_py())]!r}")
+    taken = scored.take(position) if len(ids) else None
+    return pd.DataFrame({"id": ids, **{column: taken[column].to_numpy() if taken is not None else np.zeros(0)
+                                       for column in ("reward_a", "reward_b")}})
 
 
 def score_frame(rd: RunDir, backend, checkpoint: Path, pairs: pd.DataFrame) -> pd.DataFrame:
-    """:func:`score_pairs` of the run's pairs in ``pairs`` (their texts read from the run directory)."""
-    return score_pairs(backend, checkpoint, pairs_dataset(rd, pairs[["id"]]), pairs["id"])
+    """:func:`score_pairs` of the run's pairs in ``pairs`` (what the reward model reads of them read from the
+    run directory)."""
+    dataset, what = reward_rows(rd, backend, pairs[["id"]])
+    return score_pairs(backend, checkpoint, dataset, pairs["id"], **what)
 
 
 def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFrame, test: pd.DataFrame) -> dict:

@@ -159,6 +159,8 @@ def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_orde
     assert out["rejected"].tolist() == [f"{side}{i}" for i, side in zip(range(5, 20), "baa" * 5)]
     assert out["reward_margin"].tolist() == list(np.arange(15.0))
     assert out["in_shard"].tolist() == [True, False, False] * 5
+    corpus.write_curated(rd, tmp_path / "empty.parquet", curated.iloc[:0])  # no pair: still a file, and its columns
+    assert list(pd.read_parquet(tmp_path / "empty.parquet").columns) == list(out.columns)
 
     # a folder read by id: repeats kept in the order asked, a row written twice read once
     folder = tmp_path / "features"

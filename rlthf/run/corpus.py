@@ -1,7 +1,9 @@
 """A run's pairs on disk. ``data/pairs.parquet`` holds what the driver keeps of every pair: its id, labels, extra
 columns, split, shard and ground truth; ``data/texts.parquet`` holds the prompts and responses, written as the
 data is read, and read back only where a step needs them: the pairs a human or a judge is shown, a reward
-model's training rows, and the corpus streamed through Ray Data for scoring and the curated file."""
+model's training and scoring rows (streamed through Ray Data past ``DRIVER_ROWS``; a large run's reward model
+reads its pairs' features from ``data/features-<key>/`` instead, keyed by id the same way), and the curated file,
+written a row group at a time."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -156,32 +158,41 @@ def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
     of ``data/texts.parquet`` (the data file's), written a row group of texts at a time: this process holds the
     curated labels (a few numbers a pair) and one row group, never the corpus's texts."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from rlthf.rundir import replace_when_done
 
     table = pa.Table.from_pandas(curated.reset_index(drop=True), preserve_index=False)
-    wanted = pa_strings(curated["id"])
     texts = pq.ParquetFile(texts_path(rd))
+    # each text's row in the curated table (null for the test pairs), found once for the whole file
+    position = pc.index_in(texts.read(columns=["id"])["id"], value_set=table["id"])
     with replace_when_done(path) as partial:
-        writer = None
+        writer, start = None, 0
         for group in range(texts.num_row_groups):
-            batch = keep_ids(texts.read_row_group(group), wanted)
-            if batch.num_rows:
-                rows = pa.Table.from_pandas(preference_rows(batch.to_pandas(), table), preserve_index=False)
+            batch = texts.read_row_group(group)
+            here = position.slice(start, batch.num_rows)
+            start += batch.num_rows
+            curated_here = pc.is_valid(here)
+            if pc.any(curated_here).as_py():
+                rows = preference_rows(batch.filter(curated_here), table.take(here.filter(curated_here)))
                 writer = writer or pq.ParquetWriter(partial, rows.schema)
                 writer.write_table(rows.cast(writer.schema))
         if writer is None:  # an empty corpus still gets its file
-            preference_rows(pd.DataFrame(columns=list(PAIR_TEXT)), table).to_parquet(partial, index=False)
+            empty = pa.table({column: pa.array([], pa.string()) for column in PAIR_TEXT})
+            pq.write_table(preference_rows(empty, table.slice(0, 0)), partial)
         else:
             writer.close()
 
 
-def preference_rows(batch: pd.DataFrame, curated) -> pd.DataFrame:
-    """A batch of texts as curated preference rows (:func:`rlthf.core.working_labels.preference_pairs`)."""
+def preference_rows(texts, labels):
+    """Arrow rows of texts and their curated labels, row for row, as curated preference rows
+    (:func:`rlthf.core.working_labels.preference_pairs`)."""
+    import pyarrow as pa
+
     from rlthf.core.working_labels import preference_pairs
 
-    labels = rows_with_ids(curated, batch["id"]).set_index("id").reindex(batch["id"].to_numpy())
-    rows = preference_pairs(batch.reset_index(drop=True), labels["label"].to_numpy(dtype=object),
+    labels = labels.to_pandas()
+    rows = preference_pairs(texts.to_pandas(), labels["label"].to_numpy(dtype=object),
                             labels["label_source"].to_numpy(dtype=object), labels["reward_margin"].to_numpy())
-    return rows.assign(in_shard=labels["in_shard"].to_numpy(dtype=bool))
+    return pa.Table.from_pandas(rows.assign(in_shard=labels["in_shard"].to_numpy(dtype=bool)), preserve_index=False)

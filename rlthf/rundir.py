@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from contextlib import contextmanager
@@ -58,6 +59,18 @@ def replace_when_done(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def replace_dir_when_done(path: str | Path) -> Iterator[Path]:
+    """:func:`replace_when_done` for a folder: ``<path>.partial`` to write into (emptied first: a crash mid-write
+    leaves it behind), which replaces ``path`` when the block ends without an error."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    yield partial
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
 
 
 def append_jsonl_durable(path: str | Path, record: dict) -> None:

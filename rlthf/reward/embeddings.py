@@ -24,7 +24,7 @@ import pandas as pd
 
 from rlthf.models import model_source
 from rlthf.reward.common import reward_text
-from rlthf.rundir import atomic_write_parquet
+from rlthf.rundir import atomic_write_parquet, replace_dir_when_done
 
 log = logging.getLogger("rlthf")
 
@@ -510,19 +510,13 @@ def write_pair_features(cache: EmbeddingCache, pairs, path: str | Path, *, pair_
     response_b``) as a Parquet folder at ``path``, embedded as :func:`streamed_pair_embeddings` does (``pool``:
     its actor pool options). A run writes its pairs' features once; every later pass reads them by id instead
     of joining the cache again (two hash joins a pass). Written beside ``path`` and renamed when whole."""
-    import shutil
-
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # a crash mid-write left it behind
     embedded = streamed_pair_embeddings(cache, pairs.select_columns(["id", "prompt", "response_a", "response_b"]),
                                         pair_count=pair_count, **pool)
     # files of tens of thousands of pairs (a pass opens each: one per 1,024-pair block made every pass slow), in
     # small row groups (a few pairs read by id decode one)
-    embedded.map_batches(feature_table, batch_format="pandas").write_parquet(
-        str(partial), min_rows_per_file=FEATURE_FILE_PAIRS, row_group_size=4096)
-    shutil.rmtree(path, ignore_errors=True)
-    partial.rename(path)
+    with replace_dir_when_done(path) as partial:
+        embedded.map_batches(feature_table, batch_format="pandas").write_parquet(
+            str(partial), min_rows_per_file=FEATURE_FILE_PAIRS, row_group_size=4096)
 
 
 def feature_table(batch: pd.DataFrame):

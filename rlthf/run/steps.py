@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, init
                                        with_answers, with_flips)
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
-from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet
+from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, replace_dir_when_done
 from rlthf.run.corpus import (beyond_driver, pair_texts, pairs_dataset, read_pairs_index, texts_dataset, texts_path,
                               with_texts, write_curated)
 from rlthf.run.report import plot_curve
@@ -303,13 +302,10 @@ def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.
     final = rd.path(*iteration_path(k, "checkpoint"))
 
     def compute() -> dict:
-        partial = final.with_name("checkpoint.partial")
-        shutil.rmtree(partial, ignore_errors=True)  # a crash mid-training left it behind
         # row: the rows' order, which a training run that streams its rows restores
         dataset, what = reward_rows(rd, backend, train_rows[["id", "label"]].assign(row=np.arange(len(train_rows))))
-        backend.train(dataset, partial, seed=config.seed + k, **what)
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
+        with replace_dir_when_done(final) as partial:
+            backend.train(dataset, partial, seed=config.seed + k, **what)
         return {"rows": len(train_rows), "pairs": int(train_rows["id"].nunique())}
 
     return once(rd, f"iter_{k}/train", compute, lambda: final)

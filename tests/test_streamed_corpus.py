@@ -137,7 +137,8 @@ def test_data_without_a_valid_pair_is_a_clear_error(tmp_path):
     assert len((tmp_path / "run/data/rejected.jsonl").read_text().splitlines()) == 2
 
 
-def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_order(tmp_path):
+@pytest.mark.parametrize("text_row", [True, False])  # prepare's row numbers, or an older run's ids alone
+def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_order(tmp_path, text_row):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -152,6 +153,8 @@ def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_orde
     # the test pairs (p00-p04) are no part of the curated corpus; the curated rows come in any order
     curated = pd.DataFrame({"id": ids[5:], "label": ["a", "b", "b"] * 5, "label_source": "ai",
                             "reward_margin": np.arange(15.0), "in_shard": [True, False, False] * 5})
+    if text_row:
+        curated["text_row"] = np.arange(5, 20)
     corpus.write_curated(rd, tmp_path / "curated.parquet", curated.sample(frac=1.0, random_state=0))
     out = pd.read_parquet(tmp_path / "curated.parquet")
     assert out["id"].tolist() == ids[5:]  # the texts' order

@@ -62,9 +62,8 @@ class LabelTable:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        position = pc.index_in(pa.array(ids, pa.string()), value_set=self.ids).to_pylist()
-        labels = self.labels.take(pa.array([p for p in position if p is not None], pa.int64())).to_pylist()
-        return dict(zip([pid for pid, p in zip(ids, position) if p is not None], labels))
+        held = pc.is_in(self.ids, value_set=pa.array(ids, pa.string()))  # a hash of the few asked, not of all held
+        return dict(zip(self.ids.filter(held).to_pylist(), self.labels.filter(held).to_pylist()))
 
 
 class SimulatedHuman:

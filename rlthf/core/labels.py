@@ -26,9 +26,10 @@ def hash_unit(seed: int, salt: str, ids: Iterable[str]) -> np.ndarray:
     if isinstance(ids, str):
         raise TypeError("ids must be a collection of ids, not one string")
     # The top 53 bits fill a float64 mantissa exactly, so the result is never rounded up to 1.0.
-    top_bits = [int.from_bytes(hashlib.sha256(f"{seed}:{salt}:{i}".encode()).digest()[:8], "big") >> 11
-                for i in ids]
-    return np.array(top_bits, dtype=np.float64) / 2.0**53
+    # (a generator, not a list: a million Python ints would cost tens of MB)
+    top_bits = np.fromiter((int.from_bytes(hashlib.sha256(f"{seed}:{salt}:{i}".encode()).digest()[:8], "big") >> 11
+                            for i in ids), dtype=np.uint64)
+    return top_bits.astype(np.float64) / 2.0**53
 
 
 def flip_labels(labels) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from rlthf.core.labels import PAIR_TEXT
@@ -28,18 +29,21 @@ def texts_path(rd: RunDir) -> Path:
     return rd.path(*TEXTS)
 
 
-def read_pairs_index(rd: RunDir) -> pd.DataFrame:
-    """``data/pairs.parquet``. A run directory written before the texts had a file of their own keeps them
-    there: they move to ``data/texts.parquet`` first, so such a run resumes."""
+def read_pairs_index(rd: RunDir, columns=None) -> pd.DataFrame:
+    """``data/pairs.parquet`` (only ``columns``, if given). A run directory written before the texts had a file of
+    their own keeps them there: they move to ``data/texts.parquet`` first, so such a run resumes."""
+    import pyarrow.parquet as pq
+
     from rlthf.rundir import atomic_write_parquet
 
     path = rd.path("data", "pairs.parquet")
-    pairs = pd.read_parquet(path)
-    if "prompt" in pairs.columns:
+    names = pq.read_schema(path).names
+    if "prompt" in names:
+        pairs = pd.read_parquet(path)
         write_texts(rd, pairs)
-        pairs = pairs.drop(columns=list(PAIR_TEXT[1:]))
-        atomic_write_parquet(path, pairs)
-    return pairs
+        atomic_write_parquet(path, pairs.drop(columns=list(PAIR_TEXT[1:])))
+    # (a run directory of an older rlthf may lack a column that a newer one keeps: its readers do without it)
+    return pd.read_parquet(path, columns=None if columns is None else [c for c in columns if c in names])
 
 
 def write_texts(rd: RunDir, pairs: pd.DataFrame) -> None:
@@ -106,7 +110,9 @@ def rows_dataset(path: Path, ids=None):
     dataset = ray.data.read_parquet(str(path))
     if ids is None:
         return dataset
-    wanted = pa_strings(pd.unique(pd.Series(ids, dtype=object).to_numpy()))
+    import pyarrow.compute as pc
+
+    wanted = pc.unique(pa_strings(ids))
     return dataset.map_batches(keep_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
 
 
@@ -128,6 +134,8 @@ def pairs_dataset(rd: RunDir, rows: pd.DataFrame, source: Path | None = None):
     source = source or texts_path(rd)
     if not beyond_driver(len(rows)):
         return ray.data.from_pandas(with_columns(source, rows.reset_index(drop=True)))
+    if list(rows.columns) == ["id"]:  # pairs to score, each once: their rows as the file has them
+        return rows_dataset(source, rows["id"])
     table = pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False)
     return rows_dataset(source, rows["id"]).map_batches(attach_rows, fn_kwargs={"rows": table},
                                                         batch_format="pandas")
@@ -147,26 +155,49 @@ def rows_with_ids(table, ids) -> pd.DataFrame:
 
 
 def pa_strings(values):
+    """``values`` (ids) as one Arrow string array. A pandas column of strings is Arrow already and is not copied
+    through Python objects (a million ids as Python strings cost about 70 MB)."""
     import pyarrow as pa
 
-    return pa.array(pd.Series(values, dtype=object).to_numpy(), pa.string())
+    array = pa.array(values if isinstance(values, pd.Series) else pd.Series(values, dtype="str"))
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def column_by_id(frame: pd.DataFrame, column: str, ids) -> np.ndarray:
+    """``frame[column]`` at the row of each of ``ids`` (keyed by ``frame["id"]``; None where it has none), as an
+    object array, found by an Arrow hash of the ids where pandas would index them as Python strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids, keys, values = pa_strings(ids), pa_strings(frame["id"]), pa.array(frame[column])
+    if not ids.equals(keys):  # (a frame written in the order asked for, as the AI labels are, needs no hash)
+        values = values.take(pc.index_in(ids, value_set=keys))
+    return values.to_numpy(zero_copy_only=False)
+
+
+def has_id(ids, among) -> np.ndarray:
+    """Whether each of ``ids`` is one of ``among``, by an Arrow hash (pandas' ``isin`` makes Python strings)."""
+    import pyarrow.compute as pc
+
+    return pc.is_in(pa_strings(ids), value_set=pa_strings(among)).to_numpy(zero_copy_only=False)
 
 
 def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
     """``curated.parquet``: TRL's ``prompt, chosen, rejected`` and ``id, label_source, reward_margin,
-    in_shard`` of every pair of ``curated`` (``id, label, label_source, reward_margin, in_shard``), in the order
-    of ``data/texts.parquet`` (the data file's), written a row group of texts at a time: this process holds the
-    curated labels (a few numbers a pair) and one row group, never the corpus's texts."""
+    in_shard`` of every pair of ``curated`` (``id, label, label_source, reward_margin, in_shard``, and where
+    known ``text_row``, the pair's row in ``data/texts.parquet``), in the order of ``data/texts.parquet`` (the
+    data file's), written a row group of texts at a time: this process holds the curated labels (a few numbers
+    a pair) and one row group, never the corpus's texts."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from rlthf.rundir import replace_when_done
 
-    table = pa.Table.from_pandas(curated.reset_index(drop=True), preserve_index=False)
     texts = pq.ParquetFile(texts_path(rd))
-    # each text's row in the curated table (null for the test pairs), found once for the whole file
-    position = pc.index_in(texts.read(columns=["id"])["id"], value_set=table["id"])
+    position = curated_rows(texts, curated.reset_index(drop=True))
+    table = pa.Table.from_pandas(curated.drop(columns="text_row", errors="ignore").reset_index(drop=True),
+                                 preserve_index=False)
     with replace_when_done(path) as partial:
         writer, start = None, 0
         for group in range(texts.num_row_groups):
@@ -183,6 +214,19 @@ def write_curated(rd: RunDir, path: Path, curated: pd.DataFrame) -> None:
             pq.write_table(preference_rows(empty, table.slice(0, 0)), partial)
         else:
             writer.close()
+
+
+def curated_rows(texts, curated: pd.DataFrame):
+    """Each row of the texts file ``texts``: its pair's row in ``curated`` (null for a pair it lacks, as a test
+    pair), from their ``text_row`` where ``curated`` has it, else by a hash of the file's ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if "text_row" not in curated:
+        return pc.index_in(texts.read(columns=["id"])["id"], value_set=pa_strings(curated["id"]))
+    position = np.full(texts.metadata.num_rows, -1, dtype=np.int64)
+    position[curated["text_row"].to_numpy()] = np.arange(len(curated))
+    return pa.array(position, mask=position < 0)
 
 
 def preference_rows(texts, labels):

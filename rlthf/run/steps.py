@@ -31,13 +31,18 @@ from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, init
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, replace_dir_when_done
-from rlthf.run.corpus import (beyond_driver, pair_texts, pairs_dataset, read_pairs_index, texts_dataset, texts_path,
-                              with_texts, write_curated)
+from rlthf.run.corpus import (beyond_driver, column_by_id, has_id, pa_strings, pair_texts, pairs_dataset,
+                              read_pairs_index, texts_dataset, texts_path, with_texts, write_curated)
 from rlthf.run.report import plot_curve
 
 log = logging.getLogger("rlthf")
 T = TypeVar("T")
 DRAWS = ("test_draw", "shard_draw")  # a pair's group hashes, from which prepare splits
+# What the loop keeps of every pair; the data's other columns stay in data/pairs.parquet for the step that reads
+# them (AI labels from a column), as the texts stay in data/texts.parquet.
+# text_row: the pair's row in data/texts.parquet (the data file's order), so the curated file is written in that
+# order without a hash of every id.
+INDEX = ("id", "split", "in_shard", "truth", "text_row")
 
 
 def once(rd: RunDir, name: str, compute: Callable[[], dict | None], load: Callable[[], T]) -> T:
@@ -47,8 +52,27 @@ def once(rd: RunDir, name: str, compute: Callable[[], dict | None], load: Callab
     if not rd.done(name):
         start = time.perf_counter()
         info = compute() or {}
-        rd.mark_done(name, **{"seconds": time.perf_counter() - start, **memory_info(), **info})
+        seconds = time.perf_counter() - start
+        release_memory()
+        rd.mark_done(name, **{"seconds": seconds, **memory_info(), **info})
     return load()
+
+
+def release_memory() -> None:
+    """Give what a finished step freed back to the system: Arrow's allocator (mimalloc) and glibc's keep freed
+    pages for reuse, so one step's temporaries would stay in the driver's resident memory under every later step's."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # a libc other than glibc's
+            pass
 
 
 def memory_info() -> dict:
@@ -81,7 +105,8 @@ def read_parquet(rd: RunDir, *parts: str) -> Callable[[], pd.DataFrame]:
 # --- steps --------------------------------------------------------------------------------------------------
 
 def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
-    """Load every valid pair, mark the test split and the shard, and fix the ground truth (``truth``)."""
+    """Load every valid pair, mark the test split and the shard, and fix the ground truth (``truth``); returns
+    the pairs' ``INDEX`` columns."""
     def compute() -> dict:
         # the group's hashes are drawn from each chunk as it is read when the group is a text (the prompt)
         grouped_by_text = config.data.group_column in PAIR_TEXT
@@ -95,13 +120,14 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
             raise ValueError(f"{config.data.path}: no valid pair; {len(rejected)} records rejected, each with its "
                              f"line and field in {rd.path('data', 'rejected.jsonl')}")
         # (a data column named like a derived draw is refused by the reader)
-        own = ("split", "in_shard", "truth") + (() if grouped_by_text else DRAWS)
+        own = ("split", "in_shard", "truth", "text_row") + (() if grouped_by_text else DRAWS)
         clash = [c for c in own if c in pairs.columns]
         if clash:
             raise ValueError(f"{config.data.path}: the data has a column {clash[0]!r}, a name the run uses itself")
         draws = pairs[list(DRAWS)] if grouped_by_text else pd.DataFrame(group_draws(pairs, config.data, config.seed))
         order = np.argsort(pairs["id"].to_numpy(), kind="stable")
         pairs = pairs.drop(columns=list(DRAWS), errors="ignore").iloc[order].reset_index(drop=True)
+        pairs["text_row"] = order  # the reader wrote the texts in its own order
         draws = draws.iloc[order].reset_index(drop=True)
         is_test, in_shard = split_by_draws(draws["test_draw"].to_numpy(), draws["shard_draw"].to_numpy(),
                                            config.data)
@@ -116,7 +142,7 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
                 "rejected": len(rejected), "truth_flipped_fraction": flipped_fraction,
                 "audit_reserved": audit_reserve(config, int((~is_test).sum()))}
 
-    return once(rd, "prepare", compute, lambda: read_pairs_index(rd))
+    return once(rd, "prepare", compute, lambda: read_pairs_index(rd, INDEX))
 
 
 def audit_reserve(config: RLTHFConfig, corpus_pairs: int) -> int:
@@ -159,7 +185,8 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
         source = config.ai_labels.source
         confidence = np.full(len(corpus), "n/a", dtype=object)  # the judge's own doubt, where it says it
         if source == "column":
-            columns = column_ai_labels(corpus, config.ai_labels)
+            data = read_pairs_index(rd)  # with the data's own columns
+            columns = column_ai_labels(data[data["split"] == "train"].reset_index(drop=True), config.ai_labels)
             label, confidence = columns["label"].to_numpy(dtype=object), columns["confidence"].to_numpy(dtype=object)
         elif source == "judge":
             label = np.full(len(corpus), None, dtype=object)
@@ -187,7 +214,7 @@ def initial_labels(rd: RunDir, shard: pd.DataFrame, ai_labels: pd.DataFrame) -> 
     path = iteration_path(0, "labels.parquet")
 
     def compute() -> dict:
-        ai = ai_labels.set_index("id")["ai_label"].reindex(shard["id"]).to_numpy(dtype=object)
+        ai = column_by_id(ai_labels, "ai_label", shard["id"])
         atomic_write_parquet(rd.path(*path), initial_labels_frame(shard["id"], ai))
         labelled = pd.notna(ai)
         return {"ai_accuracy": label_accuracy(ai[labelled], shard["truth"][labelled])}
@@ -321,7 +348,7 @@ def score_pairs(backend, checkpoint: Path, pairs, ids, **what) -> pd.DataFrame:
     batches = list(backend.score(pairs, checkpoint, **what).iter_batches(batch_size=None, batch_format="pyarrow"))
     scored = pa.concat_tables(batches) if batches else None
     ids = pd.Series(ids).reset_index(drop=True)
-    wanted = pa.array(ids.astype("str"), pa.string())
+    wanted = pa_strings(ids)
     position = pc.index_in(wanted, value_set=scored["id"]) if scored is not None else pa.nulls(len(ids), pa.int32())
     if position.null_count:
         raise RuntimeError(f"scoring lost pair {ids[int(pc.index(pc.is_null(position), True).as_py())]!r}")
@@ -337,6 +364,11 @@ def score_frame(rd: RunDir, backend, checkpoint: Path, pairs: pd.DataFrame) -> p
     return score_pairs(backend, checkpoint, dataset, pairs["id"], **what)
 
 
+def reward_margin_a(scores: pd.DataFrame) -> np.ndarray:
+    """r(a) - r(b) of each scored pair (``reward_a, reward_b``)."""
+    return (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
+
+
 def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFrame, test: pd.DataFrame) -> dict:
     """Rewards of model k on every shard pair (for the next curve) and every test pair (for its accuracy)."""
     parts = {name: iteration_path(k, f"scores_{name}.parquet") for name in ("shard", "test")}
@@ -350,7 +382,7 @@ def score_step(rd: RunDir, k: int, backend, checkpoint: Path, shard: pd.DataFram
 
 def shard_curve(s: SelectionConfig, ids: pd.Series, labels: pd.Series, scores: pd.DataFrame):
     """The reward distribution curve of the shard: each pair's margin under its working label, analysed."""
-    margins = label_sign(labels) * (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
+    margins = label_sign(labels) * reward_margin_a(scores)
     return analyze_curve(margins, smoothing=s.smoothing, steepness_factor=s.steepness_factor,
                          min_points=s.min_points, knee_detector=s.knee_detector, ids=ids.to_numpy())
 
@@ -416,7 +448,7 @@ def annotation_priority(config: RLTHFConfig, k: int, shard: pd.DataFrame, labels
     if s.selector == "rlthf":
         if s.judge_signal == "none":
             return None
-        confidence = ai_labels.set_index("id")["ai_confidence"].reindex(shard["id"]).to_numpy(dtype=object)
+        confidence = column_by_id(ai_labels, "ai_confidence", shard["id"])
         suspicious = np.isin(confidence, ("inconsistent", "single", "failed"))
         window = analysis.reflection_index - analysis.knee_index  # the region the curve targets
         return suspicious_first(rlthf_order(analysis.order, analysis.reflection_index), suspicious, window)
@@ -429,7 +461,7 @@ def selector_order(config: RLTHFConfig, shard: pd.DataFrame, labels, shard_score
                    cache_dir: str | Path, seed: int) -> np.ndarray:
     """The priority of ``config.selection.selector`` (uncertainty, qbc or confident_learning) over the shard."""
     s = config.selection
-    margin_a = (shard_scores["reward_a"] - shard_scores["reward_b"]).to_numpy(dtype=float)
+    margin_a = reward_margin_a(shard_scores)
     if s.selector == "uncertainty":
         return uncertainty_order(margin_a)
     if s.selector not in ("qbc", "confident_learning"):
@@ -529,7 +561,7 @@ def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd
         size = min(reserved_labels(rd), int(eligible.sum()))
         size = cap_to_budget(size, config.annotation.budget, corpus_size=corpus_size(rd), used=len(human))
         chosen = audit_sample(hash_unit(config.seed, "audit", corpus["id"]), eligible, size)
-        requests = pair_texts(rd, corpus["id"].to_numpy()[chosen])
+        requests = pair_texts(rd, corpus["id"].iloc[chosen])
         answers = annotator.annotate(requests, AUDIT_ITERATION) if size else {}
         atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": requests["id"],
                                                            "label": [answers[i] for i in requests["id"]]}))
@@ -546,15 +578,18 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
 
     def compute() -> None:
         corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
-        scores = score_frame(rd, backend, checkpoint, corpus)
-        margin = (scores["reward_a"] - scores["reward_b"]).to_numpy(dtype=float)
+        margin = reward_margin_a(score_frame(rd, backend, checkpoint, corpus))
+        release_memory()  # (each stage's temporaries are a few copies of the corpus's ids: they should not stack)
         inputs = curation_inputs(corpus, labels, ai_labels, audit, config.curate.policy)
+        release_memory()
         curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
                          base_source=inputs["source"], alpha=config.curate.alpha, folds=config.curate.folds,
                          seed=config.seed)
+        release_memory()
         write_curated(rd, path, pd.DataFrame({
-            "id": corpus["id"].to_numpy(), "label": curated.label, "label_source": curated.source,
-            "reward_margin": margin * label_sign(curated.label), "in_shard": corpus["in_shard"].to_numpy()}))
+            "id": corpus["id"], "label": curated.label, "label_source": curated.source,
+            "reward_margin": margin * label_sign(curated.label), "in_shard": corpus["in_shard"].to_numpy(),
+            **({"text_row": corpus["text_row"].to_numpy()} if "text_row" in corpus else {})}))
         estimates = audit_estimates(margin, inputs, curated)
         atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
                                          "ai_labels_source": config.ai_labels.source,
@@ -571,19 +606,19 @@ def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.Da
     the working label with RLTHF's flips, under ``auto`` the initial label (the AI's, or model 0's where it gave
     none): there the audit alone decides where the reward model's label replaces it."""
     ids = corpus["id"]
-    shard = labels.set_index("id").reindex(ids[ids.isin(labels["id"])])
-    in_shard = ids.isin(labels["id"]).to_numpy()
-    ai = ai_labels.set_index("id")["ai_label"].reindex(ids).to_numpy(dtype=object)
+    in_shard = has_id(ids, labels["id"])
+    shard_ids = ids[in_shard]
+    ai = column_by_id(ai_labels, "ai_label", ids)
     base, source = ai.copy(), np.full(len(ids), "ai", dtype=object)
     working = policy != "auto"
-    base[in_shard] = shard["label" if working else "ai_label"].to_numpy()
-    source[in_shard] = shard["label_source" if working else "initial_source"].to_numpy()
+    base[in_shard] = column_by_id(labels, "label" if working else "ai_label", shard_ids)
+    source[in_shard] = column_by_id(labels, "label_source" if working else "initial_source", shard_ids)
     human = np.full(len(ids), None, dtype=object)
     is_human = np.zeros(len(ids), dtype=bool)
-    is_human[in_shard] = (shard["label_source"] == "human").to_numpy()
-    human[is_human] = shard["label"].to_numpy()[is_human[in_shard]]
-    audited = ids.isin(audit["id"]).to_numpy()
-    human[audited] = audit.set_index("id")["label"].reindex(ids[audited]).to_numpy()
+    is_human[in_shard] = column_by_id(labels, "label_source", shard_ids) == "human"
+    human[is_human] = column_by_id(labels, "label", ids[is_human])
+    audited = has_id(ids, audit["id"])
+    human[audited] = column_by_id(audit, "label", ids[audited])
     base[is_human], source[is_human] = None, "ai"  # a human label stands in the curated set whatever the policy
     return {"base": base, "source": source, "ai": ai, "human": human, "audited": audited, "in_shard": in_shard}
 

@@ -127,7 +127,8 @@ def pairs_dataset(rd: RunDir, rows: pd.DataFrame, source: Path | None = None):
     """``rows`` (an ``id`` and any other columns; repeats allowed) with their texts (or the columns of their
     rows in ``source``, a Parquet file or folder keyed by ``id``: the pairs' features), as a Ray Dataset: read
     here up to ``DRIVER_ROWS`` rows (in the order of ``rows``), past it joined on in a stream (in no set order; a
-    consumer that needs one keeps a column that says it, as the training rows' ``row``)."""
+    consumer that needs one keeps a column that says it, as the training rows' ``row``). Past it, rows of an
+    ``id`` alone are pairs to score: each comes once, as the source has it."""
     import pyarrow as pa
     import ray.data
 

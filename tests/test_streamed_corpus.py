@@ -172,3 +172,15 @@ def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_orde
     texts.iloc[10:].to_parquet(folder / "part-1.parquet")
     got = corpus.rows_by_id(folder, ["p11", "p03", "p11", "p19"])
     assert got["id"].tolist() == ["p11", "p03", "p11", "p19"] and got["prompt"].tolist() == ["q11", "q3", "q11", "q19"]
+
+
+def test_ids_are_matched_and_aligned_in_arrow_whatever_their_order_type_or_count():
+    ids = pd.Series(["p3", "p1", "p9"], dtype="str")
+    frame = pd.DataFrame({"id": ["p1", "p2", "p3"], "label": ["a", None, "b"]})  # object columns, another order
+    assert corpus.column_by_id(frame, "label", ids).tolist() == ["b", "a", None]  # p9: none
+    assert corpus.column_by_id(frame, "label", frame["id"]).tolist() == ["a", None, "b"]  # in order: as it is
+    assert corpus.has_id(ids, frame["id"]).tolist() == [True, True, False]
+    empty = pd.DataFrame({"id": pd.Series([], dtype=object), "label": pd.Series([], dtype=object)})  # no audit
+    assert corpus.has_id(ids, empty["id"]).tolist() == [False] * 3
+    assert corpus.column_by_id(empty, "label", ids).tolist() == [None] * 3
+    assert corpus.has_id([], frame["id"]).tolist() == []

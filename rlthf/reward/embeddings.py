@@ -503,6 +503,7 @@ def streamed_actor_cpus(cpus_per_actor: int, concurrency: int) -> float:
 
 
 FEATURE_FILE_PAIRS = 50_000
+FEATURE_ROW_GROUP = 4096  # pairs a row group: a few pairs read by id decode one (as rlthf.data.TEXT_ROW_GROUP)
 
 
 def write_pair_features(cache: EmbeddingCache, pairs, path: str | Path, *, pair_count: int, **pool) -> None:
@@ -516,7 +517,7 @@ def write_pair_features(cache: EmbeddingCache, pairs, path: str | Path, *, pair_
     # small row groups (a few pairs read by id decode one)
     with replace_dir_when_done(path) as partial:
         embedded.map_batches(feature_table, batch_format="pandas").write_parquet(
-            str(partial), min_rows_per_file=FEATURE_FILE_PAIRS, row_group_size=4096)
+            str(partial), min_rows_per_file=FEATURE_FILE_PAIRS, row_group_size=FEATURE_ROW_GROUP)
 
 
 def feature_table(batch: pd.DataFrame):

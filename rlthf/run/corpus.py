@@ -161,7 +161,9 @@ def pa_strings(values):
     import pyarrow as pa
 
     array = pa.array(values if isinstance(values, pd.Series) else pd.Series(values, dtype="str"))
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    # (an empty column of objects comes as Arrow's null type, which no string matches against)
+    return array if pa.types.is_string(array.type) or pa.types.is_large_string(array.type) else array.cast(pa.string())
 
 
 def column_by_id(frame: pd.DataFrame, column: str, ids) -> np.ndarray:

@@ -104,9 +104,10 @@ def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotato
     features_step(rd, backend, pairs)
     # the corpus (every pair but the test set's) stays a mask: a copy of it costs ~90 bytes a pair
     in_corpus = (pairs["split"] == "train").to_numpy()
+    corpus_pairs = int(in_corpus.sum())
     shard = pairs[pairs["in_shard"]].reset_index(drop=True)
     test = pairs[~in_corpus].reset_index(drop=True)
-    echo(f"rlthf: {len(pairs)} pairs: {in_corpus.sum()} corpus ({len(shard)} in the shard), {len(test)} test; "
+    echo(f"rlthf: {len(pairs)} pairs: {corpus_pairs} corpus ({len(shard)} in the shard), {len(test)} test; "
          f"run directory {rd.root}")
     if annotator is None:
         annotator = make_annotator(config, rd, LabelTable(pairs["id"][in_corpus], pairs["truth"][in_corpus]))
@@ -125,14 +126,14 @@ def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotato
     checkpoint = train_step(rd, 0, config, backend, shard[labelled].assign(label=labels["label"][labelled].to_numpy()))
     scores = score_step(rd, 0, backend, checkpoint, shard, test)
     labels = validate_step(rd, config, annotator, shard, labels, scores["shard"])
-    record(metrics_step(rd, 0, shard, test, labels, scores, int(in_corpus.sum())))
+    record(metrics_step(rd, 0, shard, test, labels, scores, corpus_pairs))
     for k in range(1, config.selection.iterations + 1):
         selection = select_step(rd, k, config, shard, labels, scores["shard"], ai_labels)
         labels = annotate_step(rd, k, annotator, shard, labels, selection)
         train_rows = shard.loc[selection["train"]].assign(label=labels["label"].to_numpy()[selection["train"]])
         checkpoint = train_step(rd, k, config, backend, train_rows)
         scores = score_step(rd, k, backend, checkpoint, shard, test)
-        record(metrics_step(rd, k, shard, test, labels, scores, int(in_corpus.sum())))
+        record(metrics_step(rd, k, shard, test, labels, scores, corpus_pairs))
 
     plot_accuracy(rows, rd.path("accuracy.png"))
     audit = audit_step(rd, config, annotator, pairs[in_corpus].reset_index(drop=True), labels)

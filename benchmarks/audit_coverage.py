@@ -4,17 +4,23 @@ A corpus of ``--pairs`` pairs with known truth: AI labels right 75% of the time,
 ``truth * (shift + noise)`` (right 50%, 75% or 86% of the time, surer where it is right), an audit of a uniform
 sample, then ``curate(policy='auto')`` and the audit's estimate of the curated set
 (``estimate_accuracy(..., audit_labels=curated.rule_label)``), as a run does. For each reward model and audit size
-it prints, over ``--repeats`` seeds, for three ways: one threshold fitted on the whole audit (``folds=1``) and
-measured on the same audit (naive); the same threshold measured by 5-fold cross-validation of the audit (stop 19's
-estimate); and the default, the corpus dealt into folds each labelled by the threshold fitted on the other folds'
-audit pairs (cross-fitted curation): the share of runs whose interval held the truth, the mean error of the
-estimate, the mean curated accuracy and the share of runs where the reward model replaced anything.
+it prints, over ``--repeats`` seeds, for each of the ``--ways``: one threshold fitted on the whole audit
+(``folds=1``) and measured on the same audit (naive); the same threshold measured by 5-fold cross-validation of
+the audit (stop 19's estimate); the corpus dealt into folds each labelled by the threshold fitted on the other
+folds' audit pairs (cross-fitted curation, stop 20), its interval the audit's Wilson interval; and the default
+since stop 24, the same with the interval widened, where the rule replaced a label, by a bootstrap of the whole
+procedure (``CuratedLabels.audit_errors``): the share of runs whose interval held the truth, the mean error of the
+estimate, the interval's mean width, the mean curated accuracy and the share of runs where the reward model
+replaced anything.
 
     python benchmarks/audit_coverage.py --repeats 400
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
+import os
 
 import numpy as np
 
@@ -23,7 +29,7 @@ from rlthf.core.curation import curate
 
 # reward model: its shift, right Phi(shift) of the time
 REWARD_MODELS = {"no better than chance (50%)": 0.0, "as good as the AI (75%)": 0.674, "better (86%)": 1.08}
-WAYS = ("naive", "cross-validated", "cross-fitted")
+WAYS = ("naive", "cross-validated", "cross-fitted", "bootstrap")
 PERCENT, SHARE = "{:.1%}".format, "{:.0%}".format
 POINTS, ACCURACY = (lambda v: f"{100 * v:+.2f}"), (lambda v: f"{100 * v:.1f}")
 
@@ -39,8 +45,8 @@ def cross_validated_labels(ai, margin, human, audited, seed: int, folds: int = 5
     return labels
 
 
-def one_run(seed: int, pairs: int, audit_pairs: int, shift: float, way: str,
-            folds: int) -> tuple[bool, float, float, bool]:
+def one_run(seed: int, pairs: int, audit_pairs: int, shift: float, ways: tuple[str, ...], folds: int) -> np.ndarray:
+    """Per way: interval held the truth, error of the estimate, interval width, curated accuracy, replaced any."""
     rng = np.random.default_rng(seed)
     truth = rng.choice(np.array(["a", "b"], dtype=object), pairs)
     other = np.where(truth == "a", "b", "a").astype(object)
@@ -49,12 +55,21 @@ def one_run(seed: int, pairs: int, audit_pairs: int, shift: float, way: str,
     audited = audit_sample(rng.random(pairs), np.ones(pairs, bool), audit_pairs)
     human = np.full(pairs, None, dtype=object)
     human[audited] = truth[audited]
-    curated = curate(ai, margin, human, audited, folds=1 if way != "cross-fitted" else folds, seed=seed)
-    read_as = (cross_validated_labels(ai, margin, human, audited, seed) if way == "cross-validated"
-               else curated.rule_label)
-    estimate = estimate_accuracy(curated.label, human, audited, audit_labels=read_as)
-    accuracy = float(np.mean(curated.label == truth))
-    return estimate.low <= accuracy <= estimate.high, estimate.value - accuracy, accuracy, curated.decision.replaced > 0
+    one_threshold = curate(ai, margin, human, audited, folds=1, bootstrap=0)
+    # the bootstrap draws its own numbers: the labels are those of bootstrap=0
+    cross_fitted = curate(ai, margin, human, audited, folds=folds, seed=seed,
+                          bootstrap=400 if "bootstrap" in ways else 0)
+    results = []
+    for way in ways:
+        curated = one_threshold if way in ("naive", "cross-validated") else cross_fitted
+        read_as = (cross_validated_labels(ai, margin, human, audited, seed) if way == "cross-validated"
+                   else curated.rule_label)
+        estimate = estimate_accuracy(curated.label, human, audited, audit_labels=read_as,
+                                     audit_errors=curated.audit_errors if way == "bootstrap" else None)
+        accuracy = float(np.mean(curated.label == truth))
+        results.append((estimate.low <= accuracy <= estimate.high, estimate.value - accuracy,
+                        estimate.high - estimate.low, accuracy, curated.decision.replaced > 0))
+    return np.array(results, dtype=float)
 
 
 def main() -> None:
@@ -63,18 +78,24 @@ def main() -> None:
     parser.add_argument("--audit", type=int, nargs="+", default=[20, 46, 92, 185], help="audit sizes")
     parser.add_argument("--folds", type=int, default=10, help="the cross-fitted curation's folds")
     parser.add_argument("--repeats", type=int, default=400, help="seeds per cell")
+    parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="the estimates compared")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="processes")
     args = parser.parse_args()
-    print(f"{args.pairs} pairs, AI labels right 75%, {args.repeats} seeds per cell; each cell: one threshold "
-          f"measured naively / by 5-fold cross-validation (stop 19) / cross-fitted curation, {args.folds} folds\n")
-    print("| reward model | audit pairs | interval holds the truth | mean error, pts | curated acc % | replaced any |")
-    print("|---|---|---|---|---|---|")
+    pool = multiprocessing.Pool(args.jobs)
+    print(f"{args.pairs} pairs, AI labels right 75%, {args.repeats} seeds per cell, {args.folds} folds; each "
+          f"cell: {' / '.join(args.ways)}\n")
+    print("| reward model | audit pairs | interval holds the truth | mean error, pts | interval width, pts "
+          "| curated acc % | replaced any |")
+    print("|---|---|---|---|---|---|---|")
     for name, shift in REWARD_MODELS.items():
         for audit_pairs in args.audit:
-            cells = [np.array([one_run(seed, args.pairs, audit_pairs, shift, way, args.folds)
-                               for seed in range(args.repeats)], dtype=float).mean(axis=0) for way in WAYS]
-            covered, error, accuracy, replaced = (" / ".join(form(cell[i]) for cell in cells) for i, form in
-                                                  enumerate((PERCENT, POINTS, ACCURACY, SHARE)))
-            print(f"| {name} | {audit_pairs} | {covered} | {error} | {accuracy} | {replaced} |", flush=True)
+            run = functools.partial(one_run, pairs=args.pairs, audit_pairs=audit_pairs, shift=shift,
+                                    ways=tuple(args.ways), folds=args.folds)
+            cells = np.mean(pool.map(run, range(args.repeats)), axis=0)
+            covered, error, width, accuracy, replaced = (" / ".join(form(cell[i]) for cell in cells) for i, form in
+                                                         enumerate((PERCENT, POINTS, ACCURACY, ACCURACY, SHARE)))
+            print(f"| {name} | {audit_pairs} | {covered} | {error} | {width} | {accuracy} | {replaced} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -201,10 +201,15 @@ class CurateConfig:
         10, "auto: the corpus is dealt into this many folds, each labelled by the threshold fitted on the other "
         "folds' audit pairs, so the audit measures the curated labels without bias. 1: one threshold from the "
         "whole audit (a little more power; the audit's estimate of the curated set then flatters it).")
+    bootstrap: int = option(
+        400, "auto: draws of a bootstrap of the whole curation that widens the audit's interval of the curated "
+        "labels by what fitting the rule on the audit adds to its error. 0: the audit's binomial interval alone.")
 
     def __post_init__(self) -> None:
         require(0.0 < self.alpha < 1.0, "curate.alpha", "must be in (0, 1)")
         require(isinstance(self.folds, int) and self.folds >= 1, "curate.folds", "must be an integer >= 1")
+        require(isinstance(self.bootstrap, int) and not isinstance(self.bootstrap, bool) and self.bootstrap >= 0,
+                "curate.bootstrap", "must be an integer >= 0")
 
 
 @dataclass

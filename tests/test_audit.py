@@ -1,6 +1,7 @@
 """The audit (rlthf/core/audit.py): exact examples, edge cases, errors, and unbiasedness on a synthetic corpus."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -74,6 +75,24 @@ def test_corpus_accuracy_maps_the_wilson_interval_of_the_audit():
     assert wider.value == estimate.value and wider.low < estimate.low and wider.high > estimate.high
 
 
+def test_corpus_accuracy_takes_the_wider_of_wilson_and_the_bootstraps_errors():
+    counts = dict(known_correct=40, known_pairs=50, audit_correct=15, audit_pairs=20, unaudited_pairs=150)
+    wilson = corpus_accuracy(**counts)
+    # errors of the estimate from -0.25 to +0.05: at 95% (quantiles 2.5% and 97.5%, Phi(-1.96) and Phi(1.96) to
+    # 1e-5) the share lies in [0.75 - 0.0425, 0.75 + 0.2425]: the bootstrap widens the top only (Wilson's top
+    # 0.8937675 < 0.9925)
+    errors = np.linspace(-0.25, 0.05, 3001)
+    widened = corpus_accuracy(**counts, share_errors=errors)
+    assert widened.value == wilson.value and widened.low == wilson.low
+    assert widened.high == pytest.approx((40 + 150 * (0.75 + 0.2425)) / 200, abs=1e-5)
+    assert widened.bootstrap_draws == 3001 and wilson.bootstrap_draws == 0
+    # never past all right, and errors inside Wilson's interval leave it as it is
+    assert corpus_accuracy(**counts, share_errors=[-0.9, 0.0]).high == (40 + 150) / 200  # the 150 all right
+    assert corpus_accuracy(**counts, share_errors=np.zeros(10)) == dataclasses.replace(wilson, bootstrap_draws=10)
+    with pytest.raises(ValueError, match="share_errors"):
+        corpus_accuracy(**counts, share_errors=[0.1, np.nan])
+
+
 def test_corpus_accuracy_without_audit_spans_all_wrong_to_all_right():
     estimate = corpus_accuracy(known_correct=30, known_pairs=40, audit_correct=0, audit_pairs=0, unaudited_pairs=60)
     assert math.isnan(estimate.value)
@@ -94,7 +113,7 @@ def test_accuracy_estimate_summary_is_json_and_str_is_one_line():
                                unaudited_pairs=150)
     assert json.loads(json.dumps(estimate.summary())) == estimate.summary()
     assert set(estimate.summary()) == {"value", "low", "high", "pairs", "known_pairs", "known_correct",
-                                       "audit_pairs", "audit_correct", "unaudited_pairs", "z"}
+                                       "audit_pairs", "audit_correct", "unaudited_pairs", "z", "bootstrap_draws"}
     assert str(estimate).startswith("0.762 [0.588, 0.870] over 200 pairs")
     with pytest.raises(AttributeError):
         estimate.value = 1.0

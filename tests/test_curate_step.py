@@ -86,6 +86,8 @@ def test_curation_policies_keep_human_labels_and_say_what_they_did(ray_local, co
     # the length reward (95% right) beats the AI labels (65%): auto follows it where they disagree
     if policy == "auto":
         assert summary["curation"]["replaced"] > 0.5 * (by_length != ai).sum()
+    # the interval of a rule fitted on the audit is widened by the curation's bootstrap; a fixed rule's is not
+    assert summary["estimate"]["curated"]["bootstrap_draws"] == (400 if policy == "auto" else 0)
     for name in ("ai", "rm", "curated"):
         e = summary["estimate"][name]
         assert e["low"] <= e["value"] <= e["high"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rlthf.core.audit import audit_sample, estimate_accuracy
-from rlthf.core.curation import CuratedLabels, _critical_wins, curate
+from rlthf.core.curation import CuratedLabels, _critical_wins, _fold_thresholds, curate, rule_errors
 
 
 def _labels(codes) -> np.ndarray:
@@ -160,6 +160,62 @@ def _log_binomial(k: int) -> np.ndarray:
             - k * math.log(2))
 
 
+def test_each_folds_threshold_is_the_one_fitted_on_the_other_folds_alone():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        size, folds = int(rng.integers(5, 200)), int(rng.choice([2, 3, 10]))
+        base = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size, p=[0.45, 0.1, 0.45])
+        human = rng.choice(np.array([-1, 1], dtype=np.int8), size)
+        # rounded: many equal margins, so thresholds meet runs of ties that straddle the folds
+        margin = np.round(human * (rng.choice([0.0, 0.7, 2.0]) + rng.standard_normal(size)), 1)
+        rm = np.where(margin >= 0, 1, -1).astype(np.int8)
+        evidence, fold = rng.random(size) < 0.5, rng.integers(0, folds, size)
+        fitted = _fold_thresholds(base, rm, margin, human, evidence, fold, folds, 0.05)
+        alone = [_fold_thresholds(base, rm, margin, human, evidence & (fold != k), np.zeros(size, np.int64), 1,
+                                  0.05)[0] for k in range(folds)]
+        np.testing.assert_array_equal(fitted, alone)
+
+
+def test_rule_errors_of_a_rule_that_replaces_nothing_are_the_audits_sampling_error():
+    # the RM agrees with every base label: the rule is the base labels whatever the audit, right on 75% of the
+    # audit; the estimate's error then varies as p(1 - p)(1/n + 1/|U|)
+    size, unlabelled = 80, 2000
+    rng = np.random.default_rng(0)
+    human = rng.choice(np.array([-1, 1], dtype=np.int8), size + unlabelled)
+    base = np.where(np.arange(size + unlabelled) % 4 == 0, -human, human).astype(np.int8)
+    margin = base * 1.0
+    evidence = np.arange(size + unlabelled) < size
+    human[~evidence] = 0
+    errors = rule_errors(base, np.sign(margin).astype(np.int8), margin, human, evidence, alpha=0.05, folds=10,
+                         draws=2000, seed=0)
+    assert errors.shape == (2000,)
+    assert abs(errors.mean()) < 0.005
+    assert errors.std() == pytest.approx(math.sqrt(0.75 * 0.25 * (1 / size + 1 / unlabelled)), rel=0.05)
+    again = rule_errors(base, np.sign(margin).astype(np.int8), margin, human, evidence, alpha=0.05, folds=10,
+                        draws=2000, seed=0)
+    np.testing.assert_array_equal(errors, again)
+
+
+def test_only_auto_bootstraps_and_only_with_an_audit_and_pairs_to_label():
+    base, margin, human, evidence, source = hand_example()
+    assert curate(base, margin, human, evidence, folds=3, bootstrap=50).audit_errors.shape == (50,)
+    assert curate(base, margin, human, evidence, folds=3, bootstrap=0).audit_errors.shape == (0,)
+    for policy in ("ai", "rm"):
+        assert curate(base, margin, human, evidence, policy=policy).audit_errors.shape == (0,)
+    assert curate(base, margin, human, [], folds=3).audit_errors.shape == (0,)
+    # the RM agrees with every base label: 'auto' keeps them all, labels fixed before the audit
+    agreeing = np.where(base == "a", 1.0, -1.0)
+    kept = curate(base, agreeing, human, evidence, folds=3)
+    assert kept.decision.replaced == 0 and kept.audit_errors.shape == (0,)
+    every_pair = np.array([label or "a" for label in human], dtype=object)  # a human label on every pair
+    assert curate(base, margin, every_pair, evidence, folds=3).audit_errors.shape == (0,)
+    # the bootstrap draws its own numbers: the labels do not depend on it
+    np.testing.assert_array_equal(curate(base, margin, human, evidence, folds=3, bootstrap=0).label,
+                                  curate(base, margin, human, evidence, folds=3, bootstrap=50).label)
+    with pytest.raises(ValueError, match="bootstrap"):
+        curate(base, margin, human, evidence, bootstrap=-1)
+
+
 # --- 'auto' on synthetic corpora -------------------------------------------------------------------------------
 
 CORPUS, TARGETED, AUDIT, SEEDS = 4000, 100, 200, 50
@@ -186,12 +242,13 @@ def synthetic_run(seed: int, regime: str) -> dict:
     run = {"rm_alone": np.mean(np.where(margin >= 0, 1, -1) == truth),
            "disagreements": np.sum((np.where(margin >= 0, 1, -1) != base) & (human == 0))}
     for policy in ("ai", "rm", "auto"):
-        curated = curate(base_label, margin, human_label, audited, policy=policy, seed=seed)
+        curated = curate(base_label, margin, human_label, audited, policy=policy, seed=seed, bootstrap=100)
         run[policy] = np.mean(curated.label == true_label)
         run[f"{policy}_replaced"] = curated.decision.replaced
     # the audit's estimates of the AI labels and the RM are tested in test_audit.py; this one reads each audit
     # pair with the label of its fold's rule
-    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label)
+    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label,
+                                 audit_errors=curated.audit_errors)
     run["auto_covered"] = estimate.low <= run["auto"] <= estimate.high
     run["auto_error"] = estimate.value - run["auto"]
     return run

@@ -11,8 +11,9 @@ yet (:func:`audit_sample`). The corpus then splits into
 The corpus accuracy is ``(correct_in_K + |U| * p_hat) / N``, unbiased. Its interval is for the accuracy on U,
 itself one draw: the audit and U split one pool at random, so ``p_hat - p_U`` varies as ``p(1 - p) (1/n + 1/|U|)``,
 not ``p(1 - p) / n``; the Wilson interval of ``p_hat`` at that effective size ``n |U| / (n + |U|)`` is mapped
-through the same affine function (:func:`corpus_accuracy`). Human labels are taken as the truth: every accuracy
-here is agreement with the annotators.
+through the same affine function (:func:`corpus_accuracy`). Labels fitted on the audit itself (a curated set
+whose rule replaced labels) vary more than that: their bootstrap's errors widen the interval
+(``share_errors``). Human labels are taken as the truth: every accuracy here is agreement with the annotators.
 
 Typical use (``human_label`` gets the audit's labels before the estimates)::
 
@@ -23,7 +24,8 @@ Typical use (``human_label`` gets the audit's labels before the estimates)::
     rm = estimate_accuracy(rm_label[pool], human_label[pool], np.isin(np.flatnonzero(pool), audited))
     # the curated set: the human label on K; on the audit, the label the curation rule gives without it
     curated = curate(base_label, rm_margin, human_label, audited)
-    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label)
+    estimate = estimate_accuracy(curated.label, human_label, audited, audit_labels=curated.rule_label,
+                                 audit_errors=curated.audit_errors)
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class AccuracyEstimate:
     audit_correct: int
     unaudited_pairs: int
     z: float  # the interval's normal quantile (1.96: 95%)
+    bootstrap_draws: int = 0  # draws of the fitted labels' error that widened the interval (0: Wilson's alone)
 
     def summary(self) -> dict:
         """The fields as a JSON-ready dict (NaN becomes None)."""
@@ -109,7 +112,7 @@ def audit_sample(draws, eligible, size: int) -> np.ndarray:
 
 
 def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int, audit_pairs: int,
-                    unaudited_pairs: int, z: float = 1.96) -> AccuracyEstimate:
+                    unaudited_pairs: int, z: float = 1.96, share_errors=None) -> AccuracyEstimate:
     """Accuracy over ``known_pairs + unaudited_pairs`` pairs: ``(known_correct + unaudited_pairs * p_hat) / N``.
 
     ``p_hat = audit_correct / audit_pairs`` is unbiased for the unaudited pairs when the audit is a uniform sample
@@ -132,6 +135,12 @@ def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int,
         Pairs without a human label.
     z : float, default=1.96
         The normal quantile of the interval (1.96: 95%).
+    share_errors : array-like of float, optional
+        Draws of ``p_hat`` minus the unaudited pairs' accuracy, where the evaluated labels were fitted on the
+        audit (a curated set's: ``CuratedLabels.audit_errors``). The interval is then the wider of the Wilson
+        interval and the bootstrap's ``p_hat - error`` at the same level (the errors' quantiles at the normal
+        probabilities of ``z`` and ``-z``): the first is right where the labels are fixed, the second measures
+        what the fitting adds.
 
     Returns
     -------
@@ -151,6 +160,9 @@ def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int,
     pairs = known_pairs + unaudited_pairs
     if not (isinstance(z, numbers.Real) and z > 0):
         raise ValueError(f"z must be a positive number, got {z!r}")
+    errors = np.empty(0) if share_errors is None else np.asarray(share_errors, dtype=np.float64)
+    if errors.ndim != 1 or not np.isfinite(errors).all():
+        raise ValueError("share_errors must be a one-dimensional array of finite floats")
     if unaudited_pairs == 0:
         value = low = high = known_correct / pairs
     elif audit_pairs == 0:
@@ -158,13 +170,21 @@ def corpus_accuracy(*, known_correct: int, known_pairs: int, audit_correct: int,
     else:
         audit_share = audit_correct / audit_pairs
         effective = audit_pairs * unaudited_pairs / (audit_pairs + unaudited_pairs)
+        share_low, share_high = wilson_interval(audit_share * effective, effective, z)
+        if errors.size:
+            upper = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+            error_low, error_high = np.quantile(errors, [1.0 - upper, upper])
+            share_low = max(0.0, min(share_low, audit_share - error_high))
+            share_high = min(1.0, max(share_high, audit_share - error_low))
         value, low, high = ((known_correct + unaudited_pairs * share) / pairs
-                            for share in (audit_share, *wilson_interval(audit_share * effective, effective, z)))
+                            for share in (audit_share, share_low, share_high))
     return AccuracyEstimate(value=float(value), low=float(low), high=float(high), pairs=int(pairs),
-                            z=float(z), **{name: int(count) for name, count in counts.items()})
+                            z=float(z), bootstrap_draws=int(errors.size),
+                            **{name: int(count) for name, count in counts.items()})
 
 
-def estimate_accuracy(labels, human_label, audited, *, audit_labels=None, z: float = 1.96) -> AccuracyEstimate:
+def estimate_accuracy(labels, human_label, audited, *, audit_labels=None, audit_errors=None,
+                      z: float = 1.96) -> AccuracyEstimate:
     """The accuracy of ``labels`` over all the pairs given, from the human labels and the audit.
 
     Parameters
@@ -182,6 +202,9 @@ def estimate_accuracy(labels, human_label, audited, *, audit_labels=None, z: flo
         (for a curated set: ``CuratedLabels.rule_label`` of :func:`rlthf.core.curation.curate`); read on the audit
         pairs only.
         Default: ``labels``.
+    audit_errors : array-like of float, optional
+        For labels fitted on the audit: the bootstrap's errors of the audit's estimate (for a curated set:
+        ``CuratedLabels.audit_errors``), the ``share_errors`` of :func:`corpus_accuracy`.
     z : float, default=1.96
         The normal quantile of the interval.
 
@@ -206,7 +229,7 @@ def estimate_accuracy(labels, human_label, audited, *, audit_labels=None, z: flo
     known = human != 0
     return corpus_accuracy(known_correct=int((evaluated[known] == human[known]).sum()), known_pairs=int(known.sum()),
                            audit_correct=int((rule[audit] == human[audit]).sum()), audit_pairs=int(audit.sum()),
-                           unaudited_pairs=int((~known).sum()), z=z)
+                           unaudited_pairs=int((~known).sum()), z=z, share_errors=audit_errors)
 
 
 def label_codes(labels, *, name: str, size: Optional[int] = None) -> np.ndarray:

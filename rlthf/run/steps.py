@@ -584,7 +584,7 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
         release_memory()
         curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
                          base_source=inputs["source"], alpha=config.curate.alpha, folds=config.curate.folds,
-                         seed=config.seed)
+                         seed=config.seed, bootstrap=config.curate.bootstrap)
         release_memory()
         write_curated(rd, path, pd.DataFrame({
             "id": corpus["id"], "label": curated.label, "label_source": curated.source,
@@ -626,7 +626,7 @@ def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.Da
 def audit_estimates(margin: np.ndarray, inputs: dict, curated: CuratedLabels) -> dict:
     """The audit's estimates, with 95% intervals, of the AI labels (where the AI gave one), the final reward
     model (on the pairs without a targeted human label) and the curated set (each audit pair read with the label
-    the rule of its fold gives it, a rule fitted without it)."""
+    the rule of its fold gives it, a rule fitted without it; the interval widened by the curation's bootstrap)."""
     human, audited, ai = inputs["human"], inputs["audited"], inputs["ai"]
     if not audited.any():
         return {"audit_pairs": 0}
@@ -636,10 +636,12 @@ def audit_estimates(margin: np.ndarray, inputs: dict, curated: CuratedLabels) ->
     estimates = {
         "ai": estimate_accuracy(ai[has_ai], human[has_ai], audited[has_ai]),
         "rm": estimate_accuracy(rm_labels(margin, 0.0)[~targeted], human[~targeted], audited[~targeted]),
-        "curated": estimate_accuracy(curated.label, human, audited, audit_labels=would_be),
-        # on the same pairs as the AI's estimate: the comparison behind the warning
+        "curated": estimate_accuracy(curated.label, human, audited, audit_labels=would_be,
+                                     audit_errors=curated.audit_errors),
+        # on the same pairs as the AI's estimate: the comparison behind the warning (the bootstrap's errors are
+        # the whole corpus's; the pairs without an AI label are few and labelled by the RM whatever the folds)
         "curated_where_ai": estimate_accuracy(curated.label[has_ai], human[has_ai], audited[has_ai],
-                                              audit_labels=would_be[has_ai]),
+                                              audit_labels=would_be[has_ai], audit_errors=curated.audit_errors),
     }
     return {"audit_pairs": int(audited.sum()), "ai_labelled_pairs": int(has_ai.sum()),
             "estimate": {name: e.summary() for name, e in estimates.items()}}

@@ -175,7 +175,7 @@ def rule_errors(base, rm, margin, human, evidence, *, alpha: float, folds: int, 
 
     Cross-fitting makes the estimate unbiased, but not binomial: each fold's threshold is fitted on the other
     folds' audit pairs, so the folds' errors are correlated, and the binomial interval held the truth in only
-    90-95% of simulated runs where the RM replaced labels. Here the audit pairs stand for the population they were
+    90-94.5% of simulated runs where the RM replaced labels. Here the audit pairs stand for the population they were
     drawn from (a pseudo-population). Each draw resamples an audit of the same size from it (with replacement) and
     the pairs without a human label (as counts over the audit pairs and folds), deals the audit into folds, fits
     each fold's threshold on the other folds as :func:`curate` does, and records the estimate (the resampled

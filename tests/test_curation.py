@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rlthf.core.audit import audit_sample, estimate_accuracy
-from rlthf.core.curation import CuratedLabels, _critical_wins, _fold_thresholds, curate, rule_errors
+from rlthf.core.curation import (CuratedLabels, _critical_wins, _fold_thresholds, _sign_test_table, curate,
+                                 rule_errors)
 
 
 def _labels(codes) -> np.ndarray:
@@ -152,6 +153,25 @@ def test_the_corrected_sign_test_holds_its_level_where_the_plain_one_does_not():
         plain[k - 1] = np.flatnonzero(tail <= 0.05)[0] if (tail <= 0.05).any() else k + 1
     assert np.mean((wins >= plain).any(axis=1)) > 0.15
     assert _critical_wins(10, 0.05)[9] <= 10
+
+
+def test_the_sign_test_table_tracks_only_the_band_where_the_mass_is_and_loses_nothing():
+    # the whole range, toss by toss: what the banded table must equal (512 tosses: the band starts cutting at 145)
+    size, alpha = 512, 0.05
+    levels = np.geomspace(alpha / size, alpha, 48)
+    pmf, alive = np.zeros(size + 2), np.zeros((48, size + 2))
+    pmf[0] = alive[:, 0] = 1.0
+    critical, crossing = np.empty((48, size), dtype=np.int64), np.empty((48, size))
+    for k in range(1, size + 1):
+        pmf[1 : k + 1], pmf[0] = 0.5 * (pmf[1 : k + 1] + pmf[:k]), 0.5 * pmf[0]
+        alive[:, 1 : k + 1], alive[:, 0] = 0.5 * (alive[:, 1 : k + 1] + alive[:, :k]), 0.5 * alive[:, 0]
+        tail = np.cumsum(pmf[k::-1])[::-1]  # P(wins >= w), w = 0..k
+        critical[:, k - 1] = [np.flatnonzero(np.append(tail <= level, True))[0] for level in levels]
+        alive[:, : k + 1] *= np.arange(k + 1) < critical[:, k - 1, None]
+        crossing[:, k - 1] = 1.0 - alive[:, : k + 1].sum(axis=1)
+    banded_critical, banded_crossing = _sign_test_table(size, alpha)
+    np.testing.assert_array_equal(banded_critical, critical)
+    np.testing.assert_allclose(banded_crossing, crossing, rtol=0, atol=1e-12)
 
 
 def _log_binomial(k: int) -> np.ndarray:

@@ -202,8 +202,8 @@ def rule_errors(base, rm, margin, human, evidence, *, alpha: float, folds: int, 
         unlabelled_counts = rng.multinomial(unlabelled, np.full(size * folds, 1.0 / (size * folds)))
         thresholds = _fold_thresholds(base[picked], rm[picked], margin[picked], human[picked],
                                       np.ones(size, dtype=bool), fold, folds, alpha)
-        takes_rm = (base == 0)[:, None] | ((rm != base)[:, None] & (np.abs(margin)[:, None] >= thresholds))
-        right = np.where(takes_rm, rm[:, None], base[:, None]) == human[:, None]  # pair j under fold k's rule
+        # pair j under fold k's rule
+        right = _rule_labels("auto", base[:, None], rm[:, None], margin[:, None], thresholds)[0] == human[:, None]
         estimate = right[picked, fold].mean()
         errors[draw] = estimate - unlabelled_counts @ right.ravel() / unlabelled
     return errors
@@ -302,8 +302,9 @@ def _sign_test_table(size: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return critical, crossing
 
 
-def _rule_labels(policy: str, base, rm, margin, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """The codes the rule gives pairs without a human label, and where they are the RM's (``rm``: its codes)."""
+def _rule_labels(policy: str, base, rm, margin, threshold) -> tuple[np.ndarray, np.ndarray]:
+    """The codes the rule gives pairs without a human label, and where they are the RM's (``rm``: its codes).
+    Broadcasts: pairs as a column and thresholds as a row give every pair under every threshold."""
     takes_rm = (base == 0) | ((rm != base) & (np.abs(margin) >= threshold))
     if policy == "rm":
         takes_rm[:] = True

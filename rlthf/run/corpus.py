@@ -169,13 +169,20 @@ def pa_strings(values):
 def column_by_id(frame: pd.DataFrame, column: str, ids) -> np.ndarray:
     """``frame[column]`` at the row of each of ``ids`` (keyed by ``frame["id"]``; None where it has none), as an
     object array, found by an Arrow hash of the ids where pandas would index them as Python strings."""
+    return columns_by_id(frame, [column], ids)[column]
+
+
+def columns_by_id(frame: pd.DataFrame, columns, ids) -> dict[str, np.ndarray]:
+    """:func:`column_by_id` of each of ``columns``, the ids hashed once."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ids, keys, values = pa_strings(ids), pa_strings(frame["id"]), pa.array(frame[column])
-    if not ids.equals(keys):  # (a frame written in the order asked for, as the AI labels are, needs no hash)
-        values = values.take(pc.index_in(ids, value_set=keys))
-    return values.to_numpy(zero_copy_only=False)
+    ids, keys = pa_strings(ids), pa_strings(frame["id"])
+    # (a frame written in the order asked for, as the AI labels are, needs no hash)
+    rows = None if ids.equals(keys) else pc.index_in(ids, value_set=keys)
+    values = {column: pa.array(frame[column]) for column in columns}
+    return {column: (array if rows is None else array.take(rows)).to_numpy(zero_copy_only=False)
+            for column, array in values.items()}
 
 
 def has_id(ids, among) -> np.ndarray:

@@ -31,8 +31,8 @@ from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, init
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, replace_dir_when_done
-from rlthf.run.corpus import (beyond_driver, column_by_id, has_id, pa_strings, pair_texts, pairs_dataset,
-                              read_pairs_index, texts_dataset, texts_path, with_texts, write_curated)
+from rlthf.run.corpus import (beyond_driver, column_by_id, columns_by_id, has_id, pa_strings, pair_texts,
+                              pairs_dataset, read_pairs_index, texts_dataset, texts_path, with_texts, write_curated)
 from rlthf.run.report import plot_curve
 
 log = logging.getLogger("rlthf")
@@ -607,16 +607,17 @@ def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.Da
     none): there the audit alone decides where the reward model's label replaces it."""
     ids = corpus["id"]
     in_shard = has_id(ids, labels["id"])
-    shard_ids = ids[in_shard]
+    working = policy != "auto"
+    label, label_source = ("label", "label_source") if working else ("ai_label", "initial_source")
+    shard = columns_by_id(labels, {"label", "label_source", label, label_source}, ids[in_shard])
     ai = column_by_id(ai_labels, "ai_label", ids)
     base, source = ai.copy(), np.full(len(ids), "ai", dtype=object)
-    working = policy != "auto"
-    base[in_shard] = column_by_id(labels, "label" if working else "ai_label", shard_ids)
-    source[in_shard] = column_by_id(labels, "label_source" if working else "initial_source", shard_ids)
+    base[in_shard], source[in_shard] = shard[label], shard[label_source]
     human = np.full(len(ids), None, dtype=object)
     is_human = np.zeros(len(ids), dtype=bool)
-    is_human[in_shard] = column_by_id(labels, "label_source", shard_ids) == "human"
-    human[is_human] = column_by_id(labels, "label", ids[is_human])
+    by_human = shard["label_source"] == "human"
+    is_human[in_shard] = by_human
+    human[is_human] = shard["label"][by_human]
     audited = has_id(ids, audit["id"])
     human[audited] = column_by_id(audit, "label", ids[audited])
     base[is_human], source[is_human] = None, "ai"  # a human label stands in the curated set whatever the policy

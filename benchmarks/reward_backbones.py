@@ -69,7 +69,7 @@ def embed(config: RewardConfig, pairs: pd.DataFrame, cache_dir: Path, *, batch_s
     the cache, so a rerun reports the time measured when the texts were embedded)."""
     spec = FeatureSpec.from_config(config)
     cache = EmbeddingCache(cache_dir, spec)
-    timing_path = cache.dir / "timing.json"
+    timing_path = Path(cache.dir) / "timing.json"
     texts = text_table(spec, list(pairs["prompt"]) * 2, list(pairs["response_a"]) + list(pairs["response_b"]))
     todo = missing_texts(cache, texts)
     if len(todo):

@@ -30,7 +30,7 @@ import numpy as np
 
 from rlthf.config import JudgeConfig, RewardConfig, SelectionConfig
 from rlthf.core.curve import CurveAnalysis
-from rlthf.core.labels import PAIR_TEXT, checked_labels, flip_labels
+from rlthf.core.labels import PAIR_TEXT, checked_labels, flip_labels, objects_full
 from rlthf.core.selection import annotation_batch_size
 from rlthf.data import load_pairs
 from rlthf.reward.backends import make_reward_backend
@@ -143,7 +143,7 @@ def select(scored, config: Optional[SelectionConfig] = None, *, iteration: int =
                          "(the other selectors run inside `rlthf run`)")
     df = _frame(scored, ["id", "label", "reward_a", "reward_b"], "select")
     analysis = _curve(df, config, "select")
-    source = df["label_source"].to_numpy() if "label_source" in df else np.full(len(df), "ai", dtype=object)
+    source = df["label_source"].to_numpy() if "label_source" in df else objects_full(len(df), "ai")
     trainable = None if config.train_on_rm_labels else source != "rm"
     batch = annotation_batch_size(len(df), config.annotation_fraction)
     selection = iteration_selection(config, iteration, analysis, source == "human", batch, trainable=trainable)

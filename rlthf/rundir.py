@@ -61,10 +61,34 @@ def replace_when_done(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def is_uri(location: str | Path) -> bool:
+    """Whether ``location`` names a place on a remote filesystem (``s3://``, ``gs://``...), not a local path."""
+    return "://" in str(location)
+
+
+def filesystem_and_path(location: str | Path):
+    """The pyarrow filesystem of a local path or a URI, and the path within it."""
+    from pyarrow import fs
+
+    return fs.FileSystem.from_uri(str(location) if is_uri(location) else str(Path(location).resolve()))
+
+
+def join_location(location: str | Path, *parts: str) -> str:
+    """``parts`` under a local path or a URI (``pathlib`` would fold a URI's ``//``)."""
+    return "/".join([str(location).rstrip("/"), *parts]) if is_uri(location) else str(Path(location).joinpath(*parts))
+
+
 @contextmanager
-def replace_dir_when_done(path: str | Path) -> Iterator[Path]:
+def replace_dir_when_done(path: str | Path) -> Iterator[Path | str]:
     """:func:`replace_when_done` for a folder: ``<path>.partial`` to write into (emptied first: a crash mid-write
-    leaves it behind), which replaces ``path`` when the block ends without an error."""
+    leaves it behind), which replaces ``path`` when the block ends without an error. On a remote filesystem,
+    which cannot rename a folder, the folder itself, emptied first: there the caller's own record of the step
+    (``steps.json``) says when it is whole."""
+    if is_uri(path):
+        filesystem, inside = filesystem_and_path(path)
+        filesystem.delete_dir_contents(inside, missing_dir_ok=True)
+        yield str(path)
+        return
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -146,9 +170,8 @@ class Mirror:
     """
 
     def __init__(self, uri: str) -> None:
-        from pyarrow import fs
-
-        self.filesystem, self.path = fs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        self.uri = uri if is_uri(uri) else str(Path(uri).resolve())
+        self.filesystem, self.path = filesystem_and_path(uri)
         self._pushed: dict[str, tuple[int, int]] = {}
 
     def _exists(self, relpath: str) -> bool:
@@ -174,11 +197,18 @@ class Mirror:
         changed = [rel for rel, stamp in current.items() if self._pushed.get(rel) != stamp]
         changed.sort(key=lambda rel: rel == "steps.json")
         for rel in changed:
-            target = f"{self.path}/{rel}"
-            self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
-            fs.copy_files(str(root / rel), target, source_filesystem=fs.LocalFileSystem(),
-                          destination_filesystem=self.filesystem)
-            self._pushed[rel] = current[rel]
+            self.push_file(root, rel, current[rel])
+
+    def push_file(self, root: Path, rel: str, stamp: tuple[int, int] | None = None) -> None:
+        """Copy one file of the run (``rel``, relative to ``root``) up now."""
+        from pyarrow import fs
+
+        target = f"{self.path}/{rel}"
+        self.filesystem.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        fs.copy_files(str(root / rel), target, source_filesystem=fs.LocalFileSystem(),
+                      destination_filesystem=self.filesystem)
+        stat = (root / rel).stat()
+        self._pushed[rel] = stamp or (stat.st_size, stat.st_mtime_ns)
 
     @staticmethod
     def _local_files(root: Path) -> dict[str, tuple[int, int]]:
@@ -212,6 +242,18 @@ class RunDir:
         p = self.root.joinpath(*parts)
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
+
+    def shared(self, *parts: str) -> str:
+        """Where Ray's workers (on any node) read or write the run's file or folder ``parts``: in the mirror when
+        the run has one (``storage_path``), else in the run directory."""
+        return join_location(self.mirror.uri, *parts) if self.mirror else str(self.path(*parts))
+
+    def share(self, *parts: str) -> str:
+        """:meth:`shared` of a file this process has just written in the run directory: copied up to the
+        mirror now, for a reader within the same step (the mirror gets the rest when the step finishes)."""
+        if self.mirror:
+            self.mirror.push_file(self.root, Path(*parts).as_posix())
+        return self.shared(*parts)
 
     def done(self, step: str) -> bool:
         return step in self._steps

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from rlthf.core.labels import rm_labels
+from rlthf.core.labels import flip_labels, objects_full, objects_where, rm_labels
 from rlthf.run.report import TABLE_COLUMNS, format_table
 from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
 
@@ -82,6 +82,15 @@ def test_rm_labels_tie_goes_to_a():
     labels = rm_labels([1.0, 2.0, 3.0, -0.5], [1.0, 3.0, 2.0, -0.25])
     assert labels.tolist() == ["a", "b", "a", "b"]
     assert labels.dtype == object
+
+
+def test_label_arrays_hold_one_python_string_per_value():
+    # numpy's where and full would make a string per element (50 MB for a million labels)
+    for labels in (rm_labels(np.arange(1000.0), np.full(1000, 500.0)), flip_labels(["a", "b"] * 500),
+                   objects_where(np.arange(1000) % 3 == 0, "rm", objects_full(1000, "ai"))):
+        assert labels.dtype == object and len({id(value) for value in labels}) == 2
+    assert objects_where([True, False], "human", np.array([None, "ai"], dtype=object)).tolist() == ["human", "ai"]
+    assert objects_full(3, None).tolist() == [None] * 3 and objects_full(0, "ai").shape == (0,)
 
 
 # format_table

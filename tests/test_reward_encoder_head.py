@@ -1,5 +1,6 @@
 """The encoder_head reward backend: the real MiniLM on a Ray Data actor pool, the disk cache, the head."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,7 +39,21 @@ def test_cache_embeds_each_text_once_and_persists(ray_local, tmp_path):
     np.testing.assert_array_equal(reopened.get(texts["text_hash"]), cache.get(texts["text_hash"]))
     assert len(EmbeddingCache(tmp_path, FeatureSpec(MINILM, 128))) == 0  # another max_length is another cache
     # the default features keep the cache folder they had before the feature options existed
-    assert cache.dir.name == "embeddings-" + hashlib.sha256(f"{MINILM}|64".encode()).hexdigest()[:12]
+    assert Path(cache.dir).name == "embeddings-" + hashlib.sha256(f"{MINILM}|64".encode()).hexdigest()[:12]
+
+
+def test_a_cache_on_a_uri_writes_and_reads_its_parts_through_the_filesystem(ray_local, tmp_path):
+    uri = f"file://{tmp_path}/bucket/cache"  # an object store's URI takes the same path (s3://, gs://)
+    cache = EmbeddingCache(uri, FeatureSpec(MINILM, 64))
+    assert cache.dir.startswith(uri + "/embeddings-") and len(cache) == 0 and cache.dataset() is None
+    cache.add(["h1", "h2"], np.array([[1.0, 2.0], [3.0, 4.0]]))
+    cache.add(["h3"], np.array([[5.0, 6.0]]))
+    again = EmbeddingCache(uri, FeatureSpec(MINILM, 64))
+    assert len(again) == 3 and len(again.parts()) == 2
+    np.testing.assert_array_equal(again.get(["h3", "h1"]), [[5.0, 6.0], [1.0, 2.0]])
+    assert sorted(again.dataset().to_pandas()["text_hash"]) == ["h1", "h2", "h3"]
+    with pytest.raises(KeyError, match="has no embedding of text h9"):
+        again.get(["h9"])
 
 
 @pytest.fixture(scope="module")

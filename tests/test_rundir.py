@@ -54,3 +54,33 @@ def test_mirror_never_overwrites_a_local_run(tmp_path):
     local = RunDir(tmp_path / "b")
     local.mark_done("prepare", seconds=9)
     assert RunDir(tmp_path / "b", mirror=str(tmp_path / "m")).info("prepare") == {"seconds": 9}
+
+
+def test_workers_find_the_run_in_its_mirror_and_a_file_shared_mid_step_is_there_at_once(tmp_path):
+    from rlthf.rundir import join_location
+
+    assert join_location("s3://bucket/runs/", "data", "texts.parquet") == "s3://bucket/runs/data/texts.parquet"
+    assert join_location(tmp_path, "data", "t") == str(tmp_path / "data" / "t")
+    alone = RunDir(tmp_path / "alone")
+    assert alone.shared("data", "texts.parquet") == str(tmp_path / "alone" / "data" / "texts.parquet")
+    rd = RunDir(tmp_path / "node", mirror=str(tmp_path / "bucket"))
+    assert rd.shared("data", "texts.parquet") == str(tmp_path / "bucket" / "data" / "texts.parquet")
+    rd.path("data", "texts.parquet").write_bytes(b"PAR1")
+    assert rd.share("data", "texts.parquet") == rd.shared("data", "texts.parquet")
+    assert (tmp_path / "bucket" / "data" / "texts.parquet").read_bytes() == b"PAR1"  # before the step is done
+    rd.mark_done("prepare")  # and not sent again with the step
+    (tmp_path / "bucket" / "data" / "texts.parquet").write_bytes(b"left alone")
+    rd.mark_done("features")
+    assert (tmp_path / "bucket" / "data" / "texts.parquet").read_bytes() == b"left alone"
+
+
+def test_a_folder_on_a_uri_is_emptied_and_written_in_place(tmp_path):
+    from rlthf.rundir import replace_dir_when_done
+
+    folder = tmp_path / "features"
+    folder.mkdir()
+    (folder / "part-0.parquet").write_bytes(b"a crash's leftovers")
+    with replace_dir_when_done(f"file://{folder}") as target:
+        assert target == f"file://{folder}" and not any(folder.iterdir())
+        (folder / "part-1.parquet").write_bytes(b"new")
+    assert [p.name for p in folder.iterdir()] == ["part-1.parquet"]

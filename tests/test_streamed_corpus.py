@@ -18,18 +18,28 @@ from tests.conftest import MINILM, REPO
 from tests.test_reward_lora import synthetic_pairs
 
 
-def config(hh_rlhf_path, cache, output_dir):
+def config(hh_rlhf_path, cache, output_dir, *settings):
     return load_config(REPO / "configs/demo.yaml", [
-        f"output_dir={output_dir}", f"data.path={hh_rlhf_path}", "data.max_pairs=200", f"reward.cache_dir={cache}",
-        "selection.iterations=0", "reward.score_concurrency=1"])
+        f"output_dir={output_dir}", f"data.path={hh_rlhf_path}", "data.max_pairs=200",
+        *([f"reward.cache_dir={cache}"] if cache else []), "selection.iterations=0", "reward.score_concurrency=1",
+        *settings])
 
 
-def test_a_run_whose_corpus_streams_ships_what_the_driver_run_ships(ray_local, hh_rlhf_path, embedding_cache,
-                                                                   tmp_path, monkeypatch):
+def test_a_run_whose_corpus_streams_through_a_bucket_ships_what_the_driver_run_ships(ray_local, hh_rlhf_path,
+                                                                                    embedding_cache, tmp_path,
+                                                                                    monkeypatch):
     direct = run(config(hh_rlhf_path, embedding_cache, tmp_path / "direct"), echo=lambda _: None)
     monkeypatch.setattr(corpus, "DRIVER_ROWS", 10)  # every text the run reads streams from Parquet
     monkeypatch.setattr(encoder_head, "LOCAL_PAIRS", 60)  # the shard (about 40) and test set stay local, the corpus not
-    stream = run(config(hh_rlhf_path, embedding_cache, tmp_path / "streamed"), echo=lambda _: None)
+    # a folder stands for the bucket (storage_path: s3://... on a cluster), the run directory for a disk that only
+    # the driver has: once the run has started, its texts are gone from there
+    bucket, local = tmp_path / "bucket", tmp_path / "streamed"
+
+    def lose_local_texts(row: dict) -> None:
+        (local / "data" / "texts.parquet").unlink(missing_ok=True)
+
+    stream = run(config(hh_rlhf_path, None, local, f"storage_path={bucket}", "reward.cache_dir=null"),
+                 echo=lambda _: None, on_iteration=lose_local_texts)
     a = pd.read_parquet(direct.curated_path).set_index("id").sort_index()
     b = pd.read_parquet(stream.curated_path).set_index("id").sort_index()
     assert len(a) > 150 and list(a.columns) == list(b.columns) and a.index.equals(b.index)
@@ -42,8 +52,11 @@ def test_a_run_whose_corpus_streams_ships_what_the_driver_run_ships(ray_local, h
     steps = {name: json.loads((r.run_dir / "steps.json").read_text()) for name, r in (("d", direct), ("s", stream))}
     assert "features" not in steps["d"] and steps["s"]["features"]["pairs"] == len(pd.read_parquet(
         stream.run_dir / "data/pairs.parquet"))
-    features = pd.read_parquet(stream.run_dir / steps["s"]["features"]["path"])
+    features = pd.read_parquet(bucket / steps["s"]["features"]["path"])
     assert set(features.columns) == {"id", "emb_a", "emb_b"} and features["id"].is_unique
+    # what Ray's workers wrote (the features, the embeddings they computed) is in the bucket alone
+    assert not (local / steps["s"]["features"]["path"]).exists()
+    assert list(bucket.glob("cache/embeddings-*/part-*.parquet")) and not (local / "cache").exists()
 
 
 def test_streamed_embeddings_join_the_cache_embed_the_rest_once_and_train_the_same_head(ray_local, hh_rlhf_path,
@@ -137,6 +150,21 @@ def test_data_without_a_valid_pair_is_a_clear_error(tmp_path):
     assert len((tmp_path / "run/data/rejected.jsonl").read_text().splitlines()) == 2
 
 
+def test_preference_rows_put_the_preferred_response_first():
+    import pyarrow as pa
+
+    texts = pa.table({"id": ["x", "y", "z"], "prompt": ["p", "q", "r"], "response_a": ["A1", "A2", "A3"],
+                      "response_b": ["B1", "B2", "B3"]})
+    labels = pa.table({"label": ["a", "b", None], "label_source": ["human", "rm", "ai"],
+                       "reward_margin": [0.5, 1.5, 0.0], "in_shard": [True, False, False]})
+    out = corpus.preference_rows(texts, labels).to_pandas()
+    assert list(out.columns) == ["prompt", "chosen", "rejected", "id", "label_source", "reward_margin", "in_shard"]
+    assert out[["prompt", "chosen", "rejected"]].values.tolist() == [["p", "A1", "B1"], ["q", "B2", "A2"],
+                                                                     ["r", "B3", "A3"]]
+    assert out["label_source"].tolist() == ["human", "rm", "ai"] and out["reward_margin"].tolist() == [0.5, 1.5, 0]
+    assert out["id"].tolist() == ["x", "y", "z"] and out["in_shard"].tolist() == [True, False, False]
+
+
 @pytest.mark.parametrize("text_row", [True, False])  # prepare's row numbers, or an older run's ids alone
 def test_curated_file_and_reads_by_id_go_a_row_group_at_a_time_in_the_texts_order(tmp_path, text_row):
     import pyarrow as pa
@@ -184,3 +212,15 @@ def test_ids_are_matched_and_aligned_in_arrow_whatever_their_order_type_or_count
     assert corpus.has_id(ids, empty["id"]).tolist() == [False] * 3
     assert corpus.column_by_id(empty, "label", ids).tolist() == [None] * 3
     assert corpus.has_id([], frame["id"]).tolist() == []
+
+
+def test_arrow_strings_become_one_python_object_per_distinct_value():
+    import pyarrow as pa
+
+    chunked = pa.chunked_array([["a", "b", None], ["a"]])
+    values = corpus.numpy_values(chunked)
+    assert values.dtype == object and values.tolist() == ["a", "b", None, "a"]
+    assert values[0] is values[3]  # shared: a million labels cost pointers, not a million strings
+    assert corpus.numpy_values(pd.Series(["x", None, "x"], dtype="str")).tolist() == ["x", None, "x"]
+    assert corpus.numpy_values(pa.array([1.5, 2.0])).tolist() == [1.5, 2.0]  # other types as Arrow gives them
+    assert corpus.numpy_values(pa.array([], pa.string())).tolist() == []

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from rlthf.core.working_labels import (LABEL_FRAME_COLUMNS, eyes_off_positions, fill_unlabelled,
-                                       initial_labels_frame, preference_pairs, with_answers, with_flips)
+                                       initial_labels_frame, with_answers, with_flips)
 
 
 def frame(labels):
@@ -46,11 +46,3 @@ def test_answers_become_human_labels_of_their_iteration():
     f = with_answers(frame(["a", "b", "a"]), np.array([0, 2]), ["b", "a"], 3)
     assert f["label"].tolist() == ["b", "b", "a"]
     assert f["label_source"].tolist() == ["human", "ai", "human"] and f["human_iteration"].tolist() == [3, -1, 3]
-
-
-def test_preference_pairs_put_the_preferred_response_first():
-    pairs = pd.DataFrame({"id": ["x", "y"], "prompt": ["p", "q"], "response_a": ["A1", "A2"],
-                          "response_b": ["B1", "B2"]})
-    out = preference_pairs(pairs, np.array(["a", "b"], dtype=object), ["human", "rm"], [0.5, 1.5])
-    assert out[["prompt", "chosen", "rejected"]].values.tolist() == [["p", "A1", "B1"], ["q", "B2", "A2"]]
-    assert out["label_source"].tolist() == ["human", "rm"] and out["reward_margin"].tolist() == [0.5, 1.5]

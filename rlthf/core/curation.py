@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rlthf.core.audit import label_codes, selection_mask
+from rlthf.core.labels import objects_full, objects_where
 
 POLICIES = ("auto", "ai", "rm")
 
@@ -147,7 +148,7 @@ def curate(base_label, rm_margin, human_label, evidence, *, policy: str = "auto"
         rule[in_fold], takes_rm[in_fold] = _rule_labels(policy, base[in_fold], rm[in_fold], margin[in_fold],
                                                         threshold)
     has_human = human != 0
-    source = np.where(has_human, "human", np.where(takes_rm, "rm", sources)).astype(object)
+    source = objects_where(has_human, "human", objects_where(takes_rm, "rm", sources))
     with_base = evidence_mask & (base != 0)
     disagree = with_base & (rm != base)
     replaced_evidence = disagree & takes_rm
@@ -361,7 +362,7 @@ def _check_options(policy: str, alpha: float, folds: int) -> None:
 
 def _checked_sources(base_source, size: int) -> np.ndarray:
     if base_source is None:
-        return np.full(size, "ai", dtype=object)
+        return objects_full(size, "ai")
     sources = np.asarray(base_source, dtype=object)
     if sources.shape != (size,):
         raise ValueError(f"base_source must have shape ({size},) like base_label, got {sources.shape}")
@@ -374,4 +375,4 @@ def _rm_codes(margin: np.ndarray) -> np.ndarray:
 
 
 def _as_labels(codes: np.ndarray) -> np.ndarray:
-    return np.where(codes > 0, "a", "b").astype(object)
+    return objects_where(codes > 0, "a", "b")

@@ -76,15 +76,3 @@ def with_answers(labels: pd.DataFrame, positions, answers, iteration: int) -> pd
     human_iteration[positions] = iteration
     new["label"], new["label_source"], new["human_iteration"] = label, source, human_iteration
     return new
-
-
-def preference_pairs(pairs: pd.DataFrame, label, source, margin) -> pd.DataFrame:
-    """TRL's ``prompt/chosen/rejected`` from a/b pairs and their labels, with ``id``, ``label_source`` and the
-    reward margin of the chosen response."""
-    a_wins = np.asarray(label, dtype=object) == "a"
-    return pd.DataFrame({
-        "prompt": pairs["prompt"].to_numpy(),
-        "chosen": np.where(a_wins, pairs["response_a"], pairs["response_b"]),
-        "rejected": np.where(a_wins, pairs["response_b"], pairs["response_a"]),
-        "id": pairs["id"].to_numpy(), "label_source": np.asarray(source, dtype=object),
-        "reward_margin": np.asarray(margin, dtype=float)})

@@ -67,3 +67,26 @@ def read_meta(checkpoint_dir: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: not an rlthf reward checkpoint (no {CHECKPOINT_META})")
     return json.loads(path.read_text())
+
+
+def pack_checkpoint(checkpoint_dir: str | Path, *members: str) -> bytes:
+    """``members`` of a checkpoint folder (files or folders) and its description, as the bytes of a tar archive:
+    what a scoring actor on any node unpacks (:func:`unpack_checkpoint`) where it could not read the driver's
+    path."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for name in (CHECKPOINT_META, *members):
+            archive.add(Path(checkpoint_dir) / name, arcname=name)
+    return buffer.getvalue()
+
+
+def unpack_checkpoint(packed: bytes, into: str | Path) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(packed)) as archive:
+        archive.extractall(into, filter="data")
+

@@ -24,7 +24,7 @@ import pandas as pd
 
 from rlthf.models import model_source
 from rlthf.reward.common import reward_text
-from rlthf.rundir import atomic_write_parquet, replace_dir_when_done
+from rlthf.rundir import atomic_write_parquet, filesystem_and_path, is_uri, join_location, replace_dir_when_done
 
 log = logging.getLogger("rlthf")
 
@@ -251,15 +251,23 @@ class EmbeddingCache:
     """Embeddings of one :class:`FeatureSpec` on disk, as Parquet parts (``text_hash``, ``embedding``) under
     ``root/embeddings-<key>/``. Nothing is held in memory: a few texts are looked up by reading the parts with a
     filter (:meth:`lookup`), a corpus by joining :meth:`dataset` in Ray Data. Two writers that embed the same
-    text leave it twice; readers keep one."""
+    text leave it twice; readers keep one. ``root`` may be a URI (``s3://...``): the actors that embed a
+    streamed corpus write their parts there from any node."""
 
     def __init__(self, root: str | Path, spec: FeatureSpec) -> None:
         self.spec = spec
-        self.dir = Path(root) / f"embeddings-{spec.cache_key()}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.root = str(root)
+        self.dir = join_location(root, f"embeddings-{spec.cache_key()}")
+        self.filesystem, self.path = filesystem_and_path(self.dir)
+        self.filesystem.create_dir(self.path, recursive=True)
 
-    def parts(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet"))
+    def parts(self) -> list[str]:
+        """The parts' paths on :attr:`filesystem`."""
+        from pyarrow import fs
+
+        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
+        return sorted(f.path for f in found
+                      if f.type == fs.FileType.File and f.base_name.startswith("part-") and f.extension == "parquet")
 
     def __len__(self) -> int:
         return len(self.hashes())
@@ -271,7 +279,7 @@ class EmbeddingCache:
         import pyarrow.parquet as pq
 
         return {h for part in self.parts()
-                for h in pq.read_table(part, columns=["text_hash"])["text_hash"].to_pylist()}
+                for h in pq.read_table(part, columns=["text_hash"], filesystem=self.filesystem)["text_hash"].to_pylist()}
 
     def lookup(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """The cached vectors of those of ``hashes`` that are cached."""
@@ -282,7 +290,7 @@ class EmbeddingCache:
         parts = self.parts()
         if not wanted or not parts:
             return {}
-        table = pads.dataset([str(p) for p in parts], format="parquet").to_table(
+        table = pads.dataset(parts, format="parquet", filesystem=self.filesystem).to_table(
             filter=pc.field("text_hash").isin(wanted))
         vectors = table["embedding"].to_numpy(zero_copy_only=False)
         return {h: np.asarray(v, dtype=np.float32) for h, v in zip(table["text_hash"].to_pylist(), vectors)}
@@ -305,15 +313,24 @@ class EmbeddingCache:
         import ray.data
 
         parts = self.parts()
-        return ray.data.read_parquet([str(p) for p in parts]) if parts else None
+        return ray.data.read_parquet(parts, filesystem=self.filesystem) if parts else None
 
 
-def write_part(directory: Path, hashes: list[str], vectors: np.ndarray) -> None:
-    """One cache part: a Parquet file under ``directory``, written atomically (a crash loses at most this one)."""
+def write_part(directory: str | Path, hashes: list[str], vectors: np.ndarray) -> None:
+    """One cache part: a Parquet file under ``directory`` (a path or a URI), written whole or not at all (a
+    crash loses at most this one): beside it and renamed on a local disk, in one upload on an object store."""
     # float lists as the first caches wrote them, so every part has one schema
     embedding = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
     df = pd.DataFrame({"text_hash": hashes, "embedding": embedding})
-    atomic_write_parquet(Path(directory) / f"part-{uuid.uuid4().hex}.parquet", df)
+    location = join_location(directory, f"part-{uuid.uuid4().hex}.parquet")
+    if not is_uri(location):
+        atomic_write_parquet(location, df)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, path = filesystem_and_path(location)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, filesystem=filesystem)
 
 
 def text_table(spec: FeatureSpec, prompts, responses) -> pd.DataFrame:
@@ -424,7 +441,7 @@ class CachedEmbedder:
 
     def __init__(self, spec: FeatureSpec, cache_dir: str, batch_size: int, num_threads: int = 1,
                  device: str = "cpu") -> None:
-        self.spec, self.cache_dir, self.batch_size = spec, Path(cache_dir), batch_size
+        self.spec, self.cache_dir, self.batch_size = spec, cache_dir, batch_size
         self.num_threads, self.device = num_threads, device
         self.embedder: Embedder | None = None
 
@@ -452,7 +469,7 @@ class CachedEmbedder:
             vectors.append(self.embedder({"text_hash": np.asarray(chunk), "text": [todo[h][0] for h in chunk],
                                           "prompt_chars": [todo[h][1] for h in chunk]})["embedding"])
         vectors = np.concatenate(vectors)
-        write_part(self.cache_dir / f"embeddings-{self.spec.cache_key()}", hashes, vectors)
+        write_part(join_location(self.cache_dir, f"embeddings-{self.spec.cache_key()}"), hashes, vectors)
         return dict(zip(hashes, vectors))
 
 
@@ -481,7 +498,7 @@ def streamed_pair_embeddings(cache: EmbeddingCache, pairs, *, pair_count: int, b
     rows = rows.repartition(target_num_rows_per_block=block_pairs)
     return rows.map_batches(
         CachedEmbedder,
-        fn_constructor_kwargs={"spec": cache.spec, "cache_dir": str(cache.dir.parent), "batch_size": batch_size,
+        fn_constructor_kwargs={"spec": cache.spec, "cache_dir": cache.root, "batch_size": batch_size,
                                "num_threads": cpus_per_actor, "device": "cuda" if use_gpu else "cpu"},
         batch_size=block_pairs,
         compute=ray.data.ActorPoolStrategy(size=concurrency),

@@ -31,6 +31,7 @@ from rlthf.reward.embeddings import (EmbeddingCache, FeatureSpec, pair_embedding
 # fraction of one.
 LOCAL_PAIRS = 20_000
 
+HEAD_FILE = "head.pt"  # a checkpoint's head: its state dict, torch's format
 # keys of a head's state dict that are not the module's: the feature standardisation fitted on its training rows
 FEATURE_MEAN, FEATURE_STD = "feature_mean", "feature_std"
 
@@ -145,13 +146,15 @@ class HeadScorer:
     (its state is a few kilobytes) runs in plain tasks: an actor pool would cost seconds to start per score."""
 
     def __init__(self, checkpoint: str) -> None:
-        import torch
-
         meta = read_meta(checkpoint)
         self.head, self.hidden = meta["head"], meta["head_hidden"]
-        self.state = torch.load(Path(checkpoint) / "head.pt", weights_only=True)
+        # the state travels as the bytes of head.pt and is read where batches are scored: the driver needs no
+        # torch (about 175 MB resident), and a worker on another node no path of the driver's
+        self.head_pt, self.state = (Path(checkpoint) / HEAD_FILE).read_bytes(), None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.state is None:
+            self.state = load_head_state(self.head_pt)
         emb_a, emb_b = np.stack(batch["emb_a"]), np.stack(batch["emb_b"])
         return {"id": np.asarray(batch["id"]),
                 "reward_a": head_rewards(self.state, emb_a, self.head, self.hidden),
@@ -187,16 +190,15 @@ class EncoderHeadReward:
             import ray
 
             features = (train if embedded else self.streamed(train, rows)).materialize()
-            state, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(features, self.config, seed))
+            head_pt, info, counts = ray.get(ray.remote(num_cpus=1)(fit_streamed).remote(features, self.config, seed))
         else:
             df = train.to_pandas() if is_dataset else train
             emb_a, emb_b = (np.stack(df["emb_a"]), np.stack(df["emb_b"])) if embedded else self.embeddings(df)
             state, info, counts = fit_head(df["id"], df["label"], emb_a, emb_b, self.config, seed)
-        import torch
-
+            head_pt = head_state_bytes(state)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(state, out_dir / "head.pt")
+        (out_dir / HEAD_FILE).write_bytes(head_pt)
         write_meta(out_dir, backend=self.name, model=self.config.model, max_length=self.config.max_length,
                    features=feature_meta(self.features), standardize=self.config.standardize,
                    head=self.config.head, head_hidden=self.config.head_hidden, **counts, **info)
@@ -252,13 +254,36 @@ def fit_head(ids, labels, emb_a: np.ndarray, emb_b: np.ndarray, config: RewardCo
     return state, info, {"train_rows": int((~val).sum()), "val_rows": int(val.sum())}
 
 
-def fit_streamed(embedded, config: RewardConfig, seed: int) -> tuple[dict, dict, dict]:
-    """:func:`fit_head` on a Ray Dataset of training rows with ``emb_a, emb_b`` (run as a Ray task)."""
+def fit_streamed(embedded, config: RewardConfig, seed: int) -> tuple[bytes, dict, dict]:
+    """:func:`fit_head` on a Ray Dataset of training rows with ``emb_a, emb_b`` (run as a Ray task), the state
+    returned as the bytes of ``head.pt`` (:func:`head_state_bytes`): the caller writes it without torch."""
     frame = embedded.to_pandas()
     frame = frame.sort_values("row" if "row" in frame.columns else "id", kind="stable").reset_index(drop=True)
     if "row" in frame.columns:  # a pair whose text the cache held twice came twice
         frame = frame.drop_duplicates("row")
-    return fit_head(frame["id"], frame["label"], np.stack(frame["emb_a"]), np.stack(frame["emb_b"]), config, seed)
+    state, info, counts = fit_head(frame["id"], frame["label"], np.stack(frame["emb_a"]), np.stack(frame["emb_b"]),
+                                   config, seed)
+    return head_state_bytes(state), info, counts
+
+
+def head_state_bytes(state: dict) -> bytes:
+    """A head's state dict as the bytes of its checkpoint file (``head.pt``, torch's format)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_head_state(head_pt: bytes) -> dict:
+    """The state dict in the bytes of a ``head.pt``."""
+    import io
+
+    import torch
+
+    return torch.load(io.BytesIO(head_pt), weights_only=True)
 
 
 def feature_meta(spec: FeatureSpec) -> dict:

@@ -55,10 +55,9 @@ def _export_lora(checkpoint: Path, meta: dict, out_dir: Path) -> None:
 
 
 def _export_encoder_head(checkpoint: Path, meta: dict, out_dir: Path) -> None:
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from rlthf.reward.encoder_head import checkpoint_features
+    from rlthf.reward.encoder_head import HEAD_FILE, checkpoint_features, load_head_state
     from rlthf.reward.hf_reward_model import MeanPoolingRewardModel
 
     features = checkpoint_features(meta)
@@ -77,7 +76,7 @@ def _export_encoder_head(checkpoint: Path, meta: dict, out_dir: Path) -> None:
     config.auto_map = {"AutoModelForSequenceClassification": f"{REMOTE_CODE[:-3]}.MeanPoolingRewardModel"}
     model = MeanPoolingRewardModel(config)
     model.encoder.load_state_dict(backbone.state_dict())
-    model.head.load_state_dict(torch.load(checkpoint / "head.pt", weights_only=True))
+    model.head.load_state_dict(load_head_state((checkpoint / HEAD_FILE).read_bytes()))
     model.save_pretrained(out_dir)
     shutil.copy(Path(__file__).with_name("hf_reward_model.py"), out_dir / REMOTE_CODE)
     _save_tokenizer(AutoTokenizer.from_pretrained(path), int(meta["max_length"]), out_dir)

@@ -39,8 +39,10 @@ from rlthf.models import resolve_model
 from rlthf.reward.common import (
     bradley_terry_loss,
     chosen_rejected,
+    pack_checkpoint,
     read_meta,
     reward_text,
+    unpack_checkpoint,
     validation_mask,
     warmup_linear,
     write_meta,
@@ -333,12 +335,19 @@ class LoraScorer:
     into the weights and scores in eval mode. Works on a plain ``dict`` of numpy arrays too.
     """
 
-    def __init__(self, checkpoint: str, num_threads: Optional[int] = None, device: str = "cpu"):
+    def __init__(self, checkpoint: str | None = None, num_threads: Optional[int] = None, device: str = "cpu",
+                 packed=None):
         import torch
         from peft import PeftModel
 
         if num_threads is not None:
             torch.set_num_threads(num_threads)
+        if packed is not None:  # (:func:`pack_checkpoint`'s bytes, or their object ref: no path of the driver's)
+            import ray
+
+            self.unpacked = tempfile.TemporaryDirectory(prefix="rlthf-lora-")
+            unpack_checkpoint(ray.get(packed) if isinstance(packed, ray.ObjectRef) else packed, self.unpacked.name)
+            checkpoint = self.unpacked.name
         meta = read_meta(checkpoint)
         model_dir = Path(checkpoint) / MODEL_DIR
         self.max_length = int(meta["max_length"])
@@ -434,6 +443,7 @@ class LoraReward:
 
     def score(self, pairs, checkpoint: Path):
         """Rewards of both responses: a Ray Dataset with exactly ``id, reward_a, reward_b`` (float64)."""
+        import ray
         import ray.data
 
         meta = read_meta(checkpoint)
@@ -456,7 +466,8 @@ class LoraReward:
             pairs = pairs.repartition(target_num_rows_per_block=cfg.score_batch_size)
         return pairs.map_batches(
             LoraScorer,
-            fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).resolve()), "num_threads": 1,
+            # the adapter through Ray's object store: an actor on another node has no path of this one
+            fn_constructor_kwargs={"packed": ray.put(pack_checkpoint(checkpoint, MODEL_DIR)), "num_threads": 1,
                                    "device": "cuda" if cfg.use_gpu else "cpu"},
             compute=ray.data.ActorPoolStrategy(size=size),  # `concurrency=` is deprecated in Ray 2.60
             batch_size=cfg.score_batch_size,

@@ -34,8 +34,9 @@ from rlthf.reward.backends import make_reward_backend
 from rlthf.rundir import RunDir, atomic_write_jsonl, atomic_write_text
 from rlthf.run.logs import run_log
 from rlthf.run.report import format_table, plot_accuracy, summary_text, warn_if_worse
-from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, curate_step, features_step, initial_labels,
-                             judge_step, metrics_step, prepare, score_step, select_step, train_step, validate_step)
+from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, cache_location, curate_step, features_step,
+                             initial_labels, judge_step, metrics_step, prepare, score_step, select_step, train_step,
+                             validate_step)
 
 if TYPE_CHECKING:
     from rlthf.annotation.served import PageAddress
@@ -97,7 +98,7 @@ def run(config: RLTHFConfig, *, annotator: Optional[Annotator] = None,
 def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotator],
                 echo: Callable[[str], None], on_iteration: Optional[Callable[[dict], None]]) -> RunResult:
     _check_resume_config(rd, config)
-    cache_dir = config.reward.cache_dir or str(rd.root / "cache")
+    cache_dir = cache_location(rd, config)
     pairs = prepare(rd, config, cache_dir)  # bad data fails here, before Ray starts
     init_ray(config.ray)
     backend = make_reward_backend(config.reward, cache_dir)
@@ -167,7 +168,7 @@ def label_shard(config: RLTHFConfig, echo: Callable[[str], None] = print) -> dic
     """`rlthf label`: load, split and shard as `rlthf run` does, and label the shard with the configured judge."""
     rd = RunDir(config.output_dir, mirror=config.storage_path)
     _check_resume_config(rd, config)
-    cache_dir = config.reward.cache_dir or str(rd.root / "cache")
+    cache_dir = cache_location(rd, config)
     pairs = prepare(rd, config, cache_dir)
     judge_step(rd, config, pairs[pairs["in_shard"]].reset_index(drop=True))
     report = json.loads(rd.path("judge", "report.json").read_text())

@@ -20,7 +20,7 @@ from rlthf.config import RLTHFConfig, SelectionConfig
 from rlthf.core.audit import audit_sample, estimate_accuracy
 from rlthf.core.curation import CuratedLabels, curate
 from rlthf.core.curve import analyze_curve
-from rlthf.core.labels import PAIR_TEXT, hash_unit, label_sign, rm_labels
+from rlthf.core.labels import PAIR_TEXT, hash_unit, label_sign, objects_full, rm_labels
 from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
 from rlthf.core.selection import annotation_batch_size, budget_labels, cap_to_budget, schedule_value, select_pairs, select_random
 from rlthf.core.selectors import (committee_order, confident_learning_order, oracle_order, rlthf_order,
@@ -31,8 +31,9 @@ from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, init
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
 from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, replace_dir_when_done
-from rlthf.run.corpus import (beyond_driver, column_by_id, columns_by_id, has_id, pa_strings, pair_texts,
-                              pairs_dataset, read_pairs_index, texts_dataset, texts_path, with_texts, write_curated)
+from rlthf.run.corpus import (TEXTS, beyond_driver, column_by_id, columns_by_id, has_id, numpy_values, pa_strings,
+                              pair_texts, pairs_dataset, read_pairs_index, texts_dataset, texts_path, with_texts,
+                              write_curated)
 from rlthf.run.report import plot_curve
 
 log = logging.getLogger("rlthf")
@@ -90,6 +91,12 @@ def memory_info() -> dict:
     return info
 
 
+def cache_location(rd: RunDir, config: RLTHFConfig) -> str:
+    """The embedding cache's root: ``reward.cache_dir``, else the run's ``cache/`` (in its mirror when it has
+    one: the actors that embed a streamed corpus write to it from any node)."""
+    return config.reward.cache_dir or rd.shared("cache")
+
+
 def corpus_size(rd: RunDir) -> int:
     return rd.info("prepare")["pairs"] - rd.info("prepare")["test"]
 
@@ -112,6 +119,7 @@ def prepare(rd: RunDir, config: RLTHFConfig, cache_dir: str) -> pd.DataFrame:
         grouped_by_text = config.data.group_column in PAIR_TEXT
         derive = (lambda chunk: group_draws(chunk, config.data, config.seed)) if grouped_by_text else None
         pairs, rejected = read_configured_pairs(config, texts_path(rd), derive)
+        rd.share(*TEXTS)  # (the ground truth below may read them)
         atomic_write_jsonl(rd.path("data", "rejected.jsonl"), [r.to_dict() for r in rejected])
         if rejected:
             log.warning("%d invalid records skipped, each with its line and field in %s (first: %s)",
@@ -183,7 +191,7 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
         corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
         shard = corpus[corpus["in_shard"]].reset_index(drop=True)
         source = config.ai_labels.source
-        confidence = np.full(len(corpus), "n/a", dtype=object)  # the judge's own doubt, where it says it
+        confidence = objects_full(len(corpus), "n/a")  # the judge's own doubt, where it says it
         if source == "column":
             data = read_pairs_index(rd)  # with the data's own columns
             columns = column_ai_labels(data[data["split"] == "train"].reset_index(drop=True), config.ai_labels)
@@ -295,33 +303,33 @@ def reserved_labels(rd: RunDir) -> int:
 
 
 def features_step(rd: RunDir, backend, pairs: pd.DataFrame) -> None:
-    """The features of every pair, written once (``data/features-<key>/``) where the reward model reads frozen
-    features and the run is too large for this process (:func:`~rlthf.run.corpus.beyond_driver`): every later
-    training and scoring pass reads its pairs' features by id, where it would join the embedding cache on the
-    texts again."""
-    path = features_path(rd, backend)
-    if path is None or not beyond_driver(len(pairs)):
+    """The features of every pair, written once (``data/features-<key>/``, in the run's mirror when it has one:
+    Ray's workers write and read it) where the reward model reads frozen features and the run is too large for
+    this process (:func:`~rlthf.run.corpus.beyond_driver`): every later training and scoring pass reads its
+    pairs' features by id, where it would join the embedding cache on the texts again."""
+    name = features_name(backend)
+    if name is None or not beyond_driver(len(pairs)):
         return
 
     def compute() -> dict:
-        backend.featurize(texts_dataset(rd), path, count=len(pairs))
-        return {"pairs": len(pairs), "path": str(path.relative_to(rd.root))}
+        backend.featurize(texts_dataset(rd), rd.shared(*name), count=len(pairs))
+        return {"pairs": len(pairs), "path": "/".join(name)}
 
     once(rd, "features", compute, lambda: None)
 
 
-def features_path(rd: RunDir, backend) -> Path | None:
-    """Where a run keeps its pairs' features for ``backend`` (one that reads frozen features), else None."""
-    return rd.root / "data" / f"features-{backend.features.cache_key()}" if hasattr(backend, "featurize") else None
+def features_name(backend) -> tuple[str, ...] | None:
+    """The run's folder of pairs' features for ``backend`` (one that reads frozen features), else None."""
+    return ("data", f"features-{backend.features.cache_key()}") if hasattr(backend, "featurize") else None
 
 
 def reward_rows(rd: RunDir, backend, rows: pd.DataFrame):
     """``rows`` (an ``id`` and any other columns) as the Ray Dataset ``backend`` trains on or scores, and the
     keywords that tell it what it got: their features where :func:`features_step` wrote them, else their texts."""
-    path = features_path(rd, backend)
-    if path is None or not path.exists():
+    name = features_name(backend)
+    if name is None or not rd.done("features"):
         return pairs_dataset(rd, rows), {}
-    return pairs_dataset(rd, rows, path), {"count": len(rows), "embedded": True}
+    return pairs_dataset(rd, rows, rd.shared(*name)), {"count": len(rows), "embedded": True}
 
 
 def train_step(rd: RunDir, k: int, config: RLTHFConfig, backend, train_rows: pd.DataFrame) -> Path:
@@ -426,7 +434,7 @@ def select_step(rd: RunDir, k: int, config: RLTHFConfig, shard: pd.DataFrame, la
             embedded = s.selector in ("qbc", "confident_learning")  # their committees read the texts
             order = annotation_priority(config, k, with_texts(rd, shard) if embedded else shard, labels,
                                         shard_scores, analysis, ai_labels,
-                                        cache_dir=config.reward.cache_dir or str(rd.root / "cache"))
+                                        cache_dir=cache_location(rd, config))
             selection = iteration_selection(s, k, analysis, human, batch, order, trainable)
         ids = shard["id"].to_numpy()
         atomic_write_json(path, {
@@ -611,7 +619,7 @@ def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.Da
     label, label_source = ("label", "label_source") if working else ("ai_label", "initial_source")
     shard = columns_by_id(labels, {"label", "label_source", label, label_source}, ids[in_shard])
     ai = column_by_id(ai_labels, "ai_label", ids)
-    base, source = ai.copy(), np.full(len(ids), "ai", dtype=object)
+    base, source = ai.copy(), objects_full(len(ids), "ai")
     base[in_shard], source[in_shard] = shard[label], shard[label_source]
     human = np.full(len(ids), None, dtype=object)
     is_human = np.zeros(len(ids), dtype=bool)
@@ -651,7 +659,7 @@ def audit_estimates(margin: np.ndarray, inputs: dict, curated: CuratedLabels) ->
 def run_summary(rd: RunDir, corpus: pd.DataFrame, curated, inputs: dict, margin: np.ndarray) -> dict:
     """Counts, and the accuracies against the ground truth where the data has one (a study, not a user's run)."""
     is_human = curated.source == "human"
-    truth = corpus["truth"].to_numpy(dtype=object)
+    truth = numpy_values(corpus["truth"])
     known = pd.notna(truth)
     has_ai = known & pd.notna(inputs["ai"])
     return {

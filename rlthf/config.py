@@ -302,7 +302,8 @@ class RewardConfig:
     deepspeed: Optional[dict] = option(None, "lora: a DeepSpeed config (ZeRO) used on GPU workers; null: DDP.")
     score_batch_size: int = option(32, "Pairs per Ray Data batch when embedding or scoring.")
     score_concurrency: int = option(1, "Ray Data actors that embed or score (each loads the model once).")
-    cache_dir: Optional[str] = option(None, "Embedding cache (null: <output_dir>/cache); share it between runs.")
+    cache_dir: Optional[str] = option(None, "Embedding cache, a path or a pyarrow URI (null: <output_dir>/cache, "
+                                      "or <storage_path>/cache when the run has one); share it between runs.")
     max_failures: int = option(2, "lora: worker-group restarts (a dead worker or node) before training fails; each "
                               "restart resumes from the last epoch's checkpoint. -1: no limit.")
     storage_path: Optional[str] = option(
@@ -419,7 +420,8 @@ class RLTHFConfig:
     output_dir: str = option("runs/demo", "Run directory: every step's output; a rerun resumes from it.")
     storage_path: Optional[str] = option(
         None, "A mirror of the run directory on a pyarrow filesystem (s3://bucket/run, gs://..., or a path): "
-        "pushed after every step, pulled by a driver whose output_dir is empty, so a job on another node resumes.")
+        "pushed after every step, pulled by a driver whose output_dir is empty, so a job on another node resumes; "
+        "Ray's workers read and write the run's texts, features and embedding cache there.")
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     ai_labels: AILabelConfig = field(default_factory=AILabelConfig)

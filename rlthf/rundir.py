@@ -267,6 +267,14 @@ class RunDir:
         if self.mirror:
             self.mirror.push(self.root)
 
+    def forget(self, *steps: str) -> None:
+        """Mark ``steps`` not done, so that the next run computes them again (their outputs stay until then)."""
+        for step in steps:
+            self._steps.pop(step, None)
+        atomic_write_json(self._steps_path, self._steps)
+        if self.mirror:
+            self.mirror.push(self.root)
+
     @property
     def steps(self) -> list[str]:
         return list(self._steps)

@@ -136,7 +136,19 @@ def test_file_queue_stops_for_people_and_resumes_with_their_answers(ray_local, s
     assert result.metrics[-1]["human_labels"] == 9 and result.summary["audit_labels"] == len(requested) - 9
 
 
-def test_resuming_with_other_settings_is_refused(ray_local, small_config, tmp_path):
-    run(small_config(tmp_path / "run", "selection.iterations=0"), echo=quiet)
+def test_resuming_with_other_settings_is_refused_and_with_more_iterations_redoes_the_final_steps(
+        ray_local, small_config, tmp_path):
+    finished = run(small_config(tmp_path / "run", "selection.iterations=0"), echo=quiet)
+    assert "iter_0" in finished.summary["checkpoint"]
     with pytest.raises(ConfigError, match=r"^selection.annotation_fraction: this run directory"):
         run(small_config(tmp_path / "run", "selection.annotation_fraction=0.1"), echo=quiet)
+
+    # One more iteration: the audit and the curation read its labels and its reward model, not iteration 0's.
+    longer = run(small_config(tmp_path / "run", "selection.iterations=1"), echo=quiet)
+    steps = json.loads((tmp_path / "run/steps.json").read_text())
+    assert steps["final/audit"]["after_iteration"] == steps["final/curate"]["after_iteration"] == 1
+    assert "iter_1" in longer.summary["checkpoint"] and [r["iteration"] for r in longer.metrics] == [0, 1]
+    curated = pd.read_parquet(longer.curated_path)
+    asked = set(read_answers(tmp_path / "run", 1))
+    assert len(asked) == 4 and asked <= set(curated["id"][curated["label_source"] == "human"])
+    assert (curated["label_source"] == "human").sum() == 9 + longer.summary["audit_labels"]

@@ -35,8 +35,8 @@ from rlthf.rundir import RunDir, atomic_write_jsonl, atomic_write_text
 from rlthf.run.logs import run_log
 from rlthf.run.report import format_table, plot_accuracy, summary_text, warn_if_worse
 from rlthf.run.steps import (ai_labels_step, annotate_step, audit_step, cache_location, curate_step, features_step,
-                             initial_labels, judge_step, metrics_step, prepare, score_step, select_step, train_step,
-                             validate_step)
+                             forget_final_steps_before, initial_labels, judge_step, metrics_step, prepare, score_step,
+                             select_step, train_step, validate_step)
 
 if TYPE_CHECKING:
     from rlthf.annotation.served import PageAddress
@@ -137,8 +137,12 @@ def _run_logged(rd: RunDir, config: RLTHFConfig, *, annotator: Optional[Annotato
         record(metrics_step(rd, k, shard, test, labels, scores, corpus_pairs))
 
     plot_accuracy(rows, rd.path("accuracy.png"))
-    audit = audit_step(rd, config, annotator, pairs[in_corpus].reset_index(drop=True), labels)
-    curated_path, summary = curate_step(rd, config, backend, checkpoint, pairs, labels, ai_labels, audit)
+    last = config.selection.iterations
+    if stale := forget_final_steps_before(rd, last):
+        log.info("%s ran after another iteration than %d: running them again", " and ".join(stale), last)
+    audit = audit_step(rd, config, annotator, pairs[in_corpus].reset_index(drop=True), labels, after_iteration=last)
+    curated_path, summary = curate_step(rd, config, backend, checkpoint, pairs, labels, ai_labels, audit,
+                                        after_iteration=last)
     atomic_write_text(rd.path("table.md"), format_table(rows) + "\n")
     echo("\n" + format_table(rows) + "\n\n" + summary_text(summary, curated_path))
     warn_if_worse(summary)

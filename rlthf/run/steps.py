@@ -558,9 +558,11 @@ def metrics_row(k: int, shard: pd.DataFrame, test: pd.DataFrame, labels: pd.Data
 
 
 def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd.DataFrame,
-               labels: pd.DataFrame) -> pd.DataFrame:
+               labels: pd.DataFrame, *, after_iteration: int | None = None) -> pd.DataFrame:
     """Humans label a seeded uniform sample of the corpus pairs that have no human label yet (``annotation.
-    audit_fraction``, the labels ``prepare`` reserved): the evidence behind the curation and its estimates."""
+    audit_fraction``, the labels ``prepare`` reserved): the evidence behind the curation and its estimates.
+    ``after_iteration``: the loop's last iteration, recorded so that a resumed run with more iterations knows
+    this step read older labels (:func:`forget_final_steps_before`)."""
     path = ("final", "audit.parquet")
 
     def compute() -> dict:
@@ -573,18 +575,19 @@ def audit_step(rd: RunDir, config: RLTHFConfig, annotator: Annotator, corpus: pd
         answers = annotator.annotate(requests, AUDIT_ITERATION) if size else {}
         atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": requests["id"],
                                                            "label": [answers[i] for i in requests["id"]]}))
-        return {"asked": size}
+        return {"asked": size, **iteration_info(after_iteration)}
 
     return once(rd, "final/audit", compute, read_parquet(rd, *path))
 
 
 def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pairs: pd.DataFrame,
-                labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame) -> tuple[Path, dict]:
+                labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame, *,
+                after_iteration: int | None = None) -> tuple[Path, dict]:
     """One label for every corpus pair (``curate.policy``), human labels kept: ``curated.parquet`` for DPO, and
-    the audit's estimates of what it is worth in ``summary.json``."""
+    the audit's estimates of what it is worth in ``summary.json`` (``after_iteration`` as in :func:`audit_step`)."""
     path, summary_path = rd.path("curated.parquet"), rd.path("summary.json")
 
-    def compute() -> None:
+    def compute() -> dict:
         corpus = pairs[pairs["split"] == "train"].reset_index(drop=True)
         margin = reward_margin_a(score_frame(rd, backend, checkpoint, corpus))
         release_memory()  # (each stage's temporaries are a few copies of the corpus's ids: they should not stack)
@@ -593,18 +596,39 @@ def curate_step(rd: RunDir, config: RLTHFConfig, backend, checkpoint: Path, pair
         curated = curate(inputs["base"], margin, inputs["human"], inputs["audited"], policy=config.curate.policy,
                          base_source=inputs["source"], alpha=config.curate.alpha, folds=config.curate.folds,
                          seed=config.seed, bootstrap=config.curate.bootstrap)
-        release_memory()
-        write_curated(rd, path, pd.DataFrame({
+        summary = {**audit_estimates(margin, inputs, curated), **run_summary(rd, corpus, curated, inputs, margin),
+                   "ai_labels_source": config.ai_labels.source, "curation": curated.decision.summary(),
+                   "checkpoint": str(checkpoint)}
+        rows = pd.DataFrame({
             "id": corpus["id"], "label": curated.label, "label_source": curated.source,
             "reward_margin": margin * label_sign(curated.label), "in_shard": corpus["in_shard"].to_numpy(),
-            **({"text_row": corpus["text_row"].to_numpy()} if "text_row" in corpus else {})}))
-        estimates = audit_estimates(margin, inputs, curated)
-        atomic_write_json(summary_path, {**estimates, **run_summary(rd, corpus, curated, inputs, margin),
-                                         "ai_labels_source": config.ai_labels.source,
-                                         "curation": curated.decision.summary(), "checkpoint": str(checkpoint)})
+            **({"text_row": corpus["text_row"].to_numpy()} if "text_row" in corpus else {})})
+        del corpus, margin, inputs, curated  # the file's writing holds its rows and a row group of texts alone
+        release_memory()
+        write_curated(rd, path, rows)
+        atomic_write_json(summary_path, summary)
+        return iteration_info(after_iteration)
 
     once(rd, "final/curate", compute, lambda: None)
     return path, json.loads(summary_path.read_text())
+
+
+FINAL_STEPS = ("final/audit", "final/curate")
+
+
+def iteration_info(after_iteration: int | None) -> dict:
+    return {} if after_iteration is None else {"after_iteration": after_iteration}
+
+
+def forget_final_steps_before(rd: RunDir, last_iteration: int) -> list[str]:
+    """The final steps done after another iteration than ``last_iteration`` (a finished run resumed with another
+    ``selection.iterations``) read other labels and another reward model: forget them, so they run again (the
+    annotator serves the audit answers it already has). Steps recorded without their iteration are kept."""
+    stale = [step for step in FINAL_STEPS if rd.done(step)
+             and rd.info(step).get("after_iteration", last_iteration) != last_iteration]
+    if stale:
+        rd.forget(*FINAL_STEPS)  # curation reads the audit: both go, or neither
+    return stale
 
 
 def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame,

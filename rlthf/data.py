@@ -404,24 +404,58 @@ def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, s
     """The valid pairs with their extra fields (empty for ``hh_rlhf``), in file order; the rejected records
     are appended to ``rejected`` as they are met."""
     parse = _parse_transcripts if style == "hh_rlhf" else _parse_pairs
-    line_of_id: dict[str, int] = {}
+    seen = _SeenIds()
     for line, row in rows:
-        if max_pairs is not None and len(line_of_id) >= max_pairs:
+        if max_pairs is not None and len(seen) >= max_pairs:
             break
         try:
             record = _as_record(row)
             pair = parse(record, seed)
             extra = _extra_fields(record, label_columns, group_column) if style == "pairs" else {}
-            if pair["id"] in line_of_id:
-                raise _Reject("id", f"duplicate of line {line_of_id[pair['id']]}")
+            first = seen.line_of(pair["id"])
+            if first is not None:
+                raise _Reject("id", f"duplicate of line {first}")
         except _Reject as bad:
             error = InvalidRecord(source, line, bad.field, bad.reason)
             if on_invalid == "error":
                 raise error from None
             rejected.append(error)
             continue
-        line_of_id[pair["id"]] = line
+        seen.add(pair["id"], line)
         yield pair, extra
+
+
+class _SeenIds:
+    """The pair ids read so far, each with its line, for the duplicate check. An id is 16 hex digits
+    (:func:`pair_id`), so it is kept as one uint64 in a sorted numpy array, beside its line: 16 bytes a pair,
+    where a dict of a million Python strings cost the reader about 130 MB. The latest ids wait in a small dict
+    and join the arrays a batch at a time."""
+
+    def __init__(self, batch: int = 16_384) -> None:
+        self.keys, self.lines = np.empty(0, np.uint64), np.empty(0, np.int64)
+        self.recent: dict[int, int] = {}
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return len(self.keys) + len(self.recent)
+
+    def line_of(self, pid: str) -> int | None:
+        """The line of the first pair read with id ``pid``, or None."""
+        key = int(pid, 16)
+        if key in self.recent:
+            return self.recent[key]
+        at = int(np.searchsorted(self.keys, np.uint64(key)))
+        return int(self.lines[at]) if at < len(self.keys) and int(self.keys[at]) == key else None
+
+    def add(self, pid: str, line: int) -> None:
+        self.recent[int(pid, 16)] = line
+        if len(self.recent) >= self.batch:
+            keys = np.fromiter(self.recent, np.uint64, len(self.recent))
+            lines = np.fromiter(self.recent.values(), np.int64, len(self.recent))
+            order = np.argsort(keys)
+            at = np.searchsorted(self.keys, keys[order])
+            self.keys, self.lines = np.insert(self.keys, at, keys[order]), np.insert(self.lines, at, lines[order])
+            self.recent = {}
 
 
 # Sources: each yields (1-based line or row number, raw row); a jsonl row is the line's text.

@@ -147,6 +147,19 @@ def test_hh_rejections(tmp_path, bad, field):
         read_pairs(path, on_invalid="error")
 
 
+def test_a_duplicate_is_found_however_many_lines_back_its_first_copy_is(tmp_path):
+    # 40,000 pairs: the reader's table of ids seen keeps its older ids in sorted arrays (a batch of 16,384 at a
+    # time), the newest in a dict; duplicates of lines in both, and of the first and the last line, are caught.
+    records = [{"prompt": f"Say {i}.", "response_a": "Hi!", "response_b": "No."} for i in range(40_000)]
+    path = tmp_path / "pairs.jsonl"
+    write_lines(path, records + [records[0], records[20_000], records[39_999], records[39_998]])
+    pairs, rejected = read_pairs(path)
+    assert len(pairs) == 40_000 and pairs["id"].is_unique
+    assert [(r.line, r.reason) for r in rejected] == [
+        (40_001, "duplicate of line 1"), (40_002, "duplicate of line 20001"), (40_003, "duplicate of line 40000"),
+        (40_004, "duplicate of line 39999")]
+
+
 PAIRS_GOOD = {"prompt": "Say hi.", "response_a": "Hi!", "response_b": "No.", "label": "a"}
 PAIRS_BAD = [
     ("prompt missing", {"response_a": "x", "response_b": "y"}, "prompt"),

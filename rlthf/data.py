@@ -442,8 +442,9 @@ class _SeenIds:
     def line_of(self, pid: str) -> int | None:
         """The line of the first pair read with id ``pid``, or None."""
         key = int(pid, 16)
-        if key in self.recent:
-            return self.recent[key]
+        line = self.recent.get(key)
+        if line is not None:
+            return line
         at = int(np.searchsorted(self.keys, np.uint64(key)))
         return int(self.lines[at]) if at < len(self.keys) and int(self.keys[at]) == key else None
 

@@ -623,12 +623,13 @@ def iteration_info(after_iteration: int | None) -> dict:
 def forget_final_steps_before(rd: RunDir, last_iteration: int) -> list[str]:
     """The final steps done after another iteration than ``last_iteration`` (a finished run resumed with another
     ``selection.iterations``) read other labels and another reward model: forget them, so they run again (the
-    annotator serves the audit answers it already has). Steps recorded without their iteration are kept."""
-    stale = [step for step in FINAL_STEPS if rd.done(step)
-             and rd.info(step).get("after_iteration", last_iteration) != last_iteration]
-    if stale:
-        rd.forget(*FINAL_STEPS)  # curation reads the audit: both go, or neither
-    return stale
+    annotator serves the audit answers it already has), and return the steps forgotten. Steps recorded without
+    their iteration are kept."""
+    done = [step for step in FINAL_STEPS if rd.done(step)]
+    if all(rd.info(step).get("after_iteration", last_iteration) == last_iteration for step in done):
+        return []
+    rd.forget(*done)  # curation reads the audit: both go, or neither
+    return done
 
 
 def curation_inputs(corpus: pd.DataFrame, labels: pd.DataFrame, ai_labels: pd.DataFrame, audit: pd.DataFrame,

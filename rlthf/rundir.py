@@ -263,14 +263,15 @@ class RunDir:
 
     def mark_done(self, step: str, **info: Any) -> None:
         self._steps[step] = info
-        atomic_write_json(self._steps_path, self._steps)
-        if self.mirror:
-            self.mirror.push(self.root)
+        self._save_steps()
 
     def forget(self, *steps: str) -> None:
         """Mark ``steps`` not done, so that the next run computes them again (their outputs stay until then)."""
         for step in steps:
             self._steps.pop(step, None)
+        self._save_steps()
+
+    def _save_steps(self) -> None:
         atomic_write_json(self._steps_path, self._steps)
         if self.mirror:
             self.mirror.push(self.root)

@@ -37,7 +37,7 @@ def main() -> None:
     pairs = pairs.filter(lambda row: row["prompt_chars"] <= args.max_prompt_chars)
 
     # label: the LLM judge (its API key, if any, comes from the environment variable judge.api_key_env)
-    labelled = rlthf.label(pairs, config.judge, cache_path=f"{args.output}/verdicts.jsonl",
+    labelled = rlthf.label(pairs, config.judge, cache_path=f"{args.output}/verdicts",
                            report_path=f"{args.output}/judge_report.json")
     confident = labelled.filter(lambda row: row["label"] in ("a", "b"))
 

@@ -14,7 +14,7 @@ def main() -> None:
     p = _stage.parser(__doc__.splitlines()[0])
     p.add_argument("--input", help="pairs as Parquet (path or URI); default: the config's data.path")
     p.add_argument("--output", required=True, help="Parquet directory (path or URI) for the labelled pairs")
-    p.add_argument("--cache", required=True, help="verdict cache (JSON lines on a shared path): reruns reuse it")
+    p.add_argument("--cache", required=True, help="verdict cache: a folder of Parquet parts on a shared path or URI; reruns reuse it")
     p.add_argument("--report", help="also write the judge report here (JSON)")
     args = p.parse_args()
     config = load_config(args.config, args.overrides)

@@ -17,9 +17,10 @@ step                        wraps                                            ret
 ``run(config)``             :func:`rlthf.run.driver.run`                      a :class:`RunResult`
 ==========================  ===============================================  ========================================
 
-Labelling, curve analysis and selection need every pair at once (a verdict cache, a sorted curve), so they
-collect their input on the driver; training reads it once; scoring streams. Ray is started (or joined through
-``RAY_ADDRESS``) by the first step that needs it unless the caller already did.
+Labelling streams (the driver keeps ids and labels); curve analysis needs every pair's margin at once (a sorted
+curve) and collects ids, labels and rewards on the driver; ``attach_rewards`` and ``select`` collect their whole
+input there (``rlthf run`` does not: it streams a large corpus); training reads its input once; scoring streams.
+Ray is started (or joined through ``RAY_ADDRESS``) by the first step that needs it unless the caller already did.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from rlthf.core.labels import PAIR_TEXT, checked_labels, flip_labels, objects_fu
 from rlthf.core.selection import annotation_batch_size
 from rlthf.data import load_pairs
 from rlthf.reward.backends import make_reward_backend
+from rlthf.run.corpus import attach_rows
 from rlthf.run.driver import RunResult, run
 from rlthf.run.steps import iteration_selection, shard_curve
 from rlthf.rundir import atomic_write_json
@@ -43,11 +45,19 @@ __all__ = ["load_pairs", "label", "train_reward_model", "score", "attach_rewards
 
 
 
-def _frame(ds, columns: list[str], step: str):
-    df = ds.to_pandas()
-    missing = [c for c in columns if c not in df.columns]
+def _columns(ds, columns: list[str], step: str) -> list[str]:
+    """The dataset's column names; an error naming the step when one of ``columns`` is not among them."""
+    names = list(ds.schema().names)
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"rlthf.{step}: the dataset lacks column(s) {missing}; it has {list(df.columns)}")
+        raise ValueError(f"rlthf.{step}: the dataset lacks column(s) {missing}; it has {names}")
+    return names
+
+
+def _frame(ds, columns: list[str], step: str, *, only: bool = False):
+    """``ds`` collected here (``only`` its ``columns``), its ids checked."""
+    _columns(ds, columns, step)
+    df = (ds.select_columns(columns) if only else ds).to_pandas()
     if not df["id"].is_unique:
         raise ValueError(f"rlthf.{step}: pair id {df['id'][df['id'].duplicated()].iloc[0]!r} occurs twice")
     return df
@@ -55,25 +65,30 @@ def _frame(ds, columns: list[str], step: str):
 
 def label(pairs, config: JudgeConfig, *, cache_path: str | Path, report_path: str | Path | None = None):
     """The LLM judge labels every pair (paper 3.1); returns the pairs with ``label`` ('a', 'b' or None when the
-    judge gave no usable verdict) and ``confidence``.
+    judge gave no usable verdict) and ``confidence``, in their own order.
 
-    ``cache_path`` is the verdict cache (JSON lines): a rerun asks only for verdicts it lacks. The API key is read
-    from the environment variable ``config.api_key_env`` inside the judge actors, so it is never an argument
-    here and never part of a Ray record. ``report_path``: also write the judge report (accuracy against
-    ``human_label`` where present, position consistency, tokens, cost) there as JSON.
+    ``cache_path`` is the verdict cache (a folder of Parquet parts, a path or a URI the workers reach): a rerun
+    asks only for verdicts it lacks. The pairs stream through Ray Data; the driver holds their ids and labels.
+    The API key is read from the environment variable ``config.api_key_env`` inside the judge actors, so it is
+    never an argument here and never part of a Ray record. ``report_path``: also write the judge report
+    (accuracy against ``human_label`` where present, position consistency, tokens, cost) there as JSON.
     """
-    import ray.data
+    import pyarrow as pa
 
     from rlthf.judges.labeling import label_pairs
 
-    df = _frame(pairs, list(PAIR_TEXT), "label")
+    names = _columns(pairs, list(PAIR_TEXT), "label")
     init_ray_default()
-    labels, report = label_pairs(df, config, cache_path)
+    ids = pairs.select_columns(["id"]).to_pandas()["id"].astype(str)
+    if ids.duplicated().any():
+        raise ValueError(f"rlthf.label: pair id {ids[ids.duplicated()].iloc[0]!r} occurs twice")
+    judged = pairs.select_columns([*PAIR_TEXT, *(["human_label"] if "human_label" in names else [])])
+    labels, report = label_pairs(judged, config, cache_path, pair_count=len(ids))
     if report_path is not None:
         atomic_write_json(report_path, report)
-    out = df.drop(columns=[c for c in ("label", "confidence") if c in df.columns])
-    out = out.merge(labels[["id", "label", "confidence"]], on="id", how="left", validate="one_to_one")
-    return ray.data.from_pandas(out)
+    kept = [c for c in names if c not in ("label", "confidence")]
+    table = pa.Table.from_pandas(labels.astype({"id": str}), preserve_index=False)
+    return pairs.select_columns(kept).map_batches(attach_rows, fn_kwargs={"rows": table}, batch_format="pandas")
 
 
 def train_reward_model(pairs, config: RewardConfig, out_dir: str | Path, *, seed: int = 0,
@@ -113,8 +128,8 @@ def attach_rewards(pairs, scores):
 def analyze(scored, config: Optional[SelectionConfig] = None) -> CurveAnalysis:
     """The reward distribution curve (paper 3.2.2) of pairs with ``id, label, reward_a, reward_b``: each pair's
     margin under its working label, sorted, with its elbow, knee and reflection point."""
-    return _curve(_frame(scored, ["id", "label", "reward_a", "reward_b"], "analyze"), config or SelectionConfig(),
-                  "analyze")
+    return _curve(_frame(scored, ["id", "label", "reward_a", "reward_b"], "analyze", only=True),
+                  config or SelectionConfig(), "analyze")
 
 
 def _curve(df, config: SelectionConfig, step: str) -> CurveAnalysis:

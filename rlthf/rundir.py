@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -76,6 +77,35 @@ def filesystem_and_path(location: str | Path):
 def join_location(location: str | Path, *parts: str) -> str:
     """``parts`` under a local path or a URI (``pathlib`` would fold a URI's ``//``)."""
     return "/".join([str(location).rstrip("/"), *parts]) if is_uri(location) else str(Path(location).joinpath(*parts))
+
+
+def write_parquet_part(directory: str | Path, table) -> str:
+    """A new part ``part-<uuid>.parquet`` of a folder of Parquet parts (``directory``: a path or a URI) holding
+    ``table`` (Arrow or pandas), written whole or not at all (a crash loses at most this one): beside it and
+    renamed on a local disk, in one upload on an object store. Returns its location."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
+    location = join_location(directory, f"part-{uuid.uuid4().hex}.parquet")
+    if is_uri(location):
+        filesystem, path = filesystem_and_path(location)
+        pq.write_table(table, path, filesystem=filesystem)
+    else:
+        with replace_when_done(location) as tmp:
+            pq.write_table(table, tmp)
+    return location
+
+
+def parquet_parts(directory: str | Path) -> tuple[Any, list[str]]:
+    """The pyarrow filesystem of ``directory`` (a path or a URI) and the paths on it of its finished parts
+    (``part-*.parquet``, sorted; a part being written is a hidden temporary file)."""
+    from pyarrow import fs
+
+    filesystem, path = filesystem_and_path(directory)
+    found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return filesystem, sorted(f.path for f in found if f.type == fs.FileType.File and f.base_name.startswith("part-")
+                              and f.extension == "parquet")
 
 
 @contextmanager

@@ -71,7 +71,7 @@ def test_label_with_a_judge_returns_the_pairs_with_labels(pairs, llama_server, t
     some = pairs.limit(4)
     config = JudgeConfig(backend="openai", model=MODEL_ALIAS, base_url=llama_server, api_key_env=TEST_API_KEY_ENV,
                          both_orders=False, max_new_tokens=24, temperature=0.0, max_prompt_chars=500)
-    labelled = rlthf.label(some, config, cache_path=tmp_path / "verdicts.jsonl",
+    labelled = rlthf.label(some, config, cache_path=tmp_path / "verdicts",
                            report_path=tmp_path / "report.json").to_pandas()
     assert labelled["id"].tolist() == some.to_pandas()["id"].tolist()
     assert set(labelled["label"].dropna()) <= {"a", "b"}
@@ -79,7 +79,7 @@ def test_label_with_a_judge_returns_the_pairs_with_labels(pairs, llama_server, t
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["pairs"] == 4 and report["asked"] == 4
     # a second call asks nothing: every verdict comes from the cache
-    rlthf.label(some, config, cache_path=tmp_path / "verdicts.jsonl", report_path=tmp_path / "again.json")
+    rlthf.label(some, config, cache_path=tmp_path / "verdicts", report_path=tmp_path / "again.json")
     assert json.loads((tmp_path / "again.json").read_text())["from_cache"] == 4
 
 

@@ -1,4 +1,4 @@
-"""The verdict cache: durable, last record wins, transient failures asked again, keys that see every input."""
+"""The verdict cache: parts written whole, answers served, transient failures asked again, keys that see every input."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlthf.judges.base import VERDICT_COLUMNS
-from rlthf.judges.cache import VerdictCache, cache_key, is_servable
+from rlthf.judges.cache import RECORD_COLUMNS, VerdictCache, cache_key, is_servable
 
 PARAMS = {"mode": "generate", "temperature": 0.0, "max_new_tokens": 64}
 
@@ -32,71 +32,71 @@ def same(a: dict, b: dict) -> bool:
 
 
 def test_add_get_and_persist(tmp_path):
-    path = tmp_path / "judge" / "verdicts.jsonl"
-    cache = VerdictCache(path)
-    assert len(cache) == 0 and not path.exists()
+    root = tmp_path / "judge" / "verdicts"
+    cache = VerdictCache(root)
+    assert len(cache) == 0 and cache.parts() == [] and cache.dataset() is None
     one, two = verdict("p1"), verdict("p2", "ba", preference="B")
     cache.add([one, two])
-    assert len(cache) == 2
+    assert len(cache) == 2 and len(cache.parts()) == 1  # one part a batch
     assert one["cache_key"] in cache and two["cache_key"] in cache
     assert same(cache.get(one["cache_key"]), one) and cache.get(two["cache_key"])["preference"] == "B"
     assert cache.get("no such key") is None and "no such key" not in cache and 3 not in cache
 
-    reopened = VerdictCache(path)
+    reopened = VerdictCache(root)
     assert len(reopened) == 2
     assert same(reopened.get(one["cache_key"]), one) and same(reopened.get(two["cache_key"]), two)
     assert set(VERDICT_COLUMNS) <= set(reopened.get(one["cache_key"]))
-    assert len(path.read_text().splitlines()) == 2
+    assert not list(root.glob(".*"))  # no temporary file left beside the parts
 
 
 def test_numpy_values_and_time_filled(tmp_path):
     record = verdict("p1")
     del record["time"]
     record.update(prompt_tokens=np.int64(5), logprob_a=np.float64(-0.25), retryable=np.bool_(False))
-    cache = VerdictCache(tmp_path / "v.jsonl")
+    cache = VerdictCache(tmp_path / "v")
     cache.add([record])
     kept = cache.get(record["cache_key"])
     assert type(kept["prompt_tokens"]) is int and kept["logprob_a"] == -0.25 and kept["retryable"] is False
     assert kept["time"].endswith("+00:00")
-    assert same(VerdictCache(tmp_path / "v.jsonl").get(record["cache_key"]), kept)
 
 
-def test_last_record_wins(tmp_path):
-    path = tmp_path / "v.jsonl"
+def test_an_answer_is_served_and_a_later_failure_never_hides_it(tmp_path):
+    root = tmp_path / "v"
     failed = verdict("p1", preference="", error="HTTP 503", retryable=True)
     answered = verdict("p1", preference="B")
-    VerdictCache(path).add([failed])
-    assert failed["cache_key"] not in VerdictCache(path)
-    VerdictCache(path).add([answered])
-    cache = VerdictCache(path)
-    assert len(path.read_text().splitlines()) == 2
+    VerdictCache(root).add([failed])
+    assert failed["cache_key"] not in VerdictCache(root)
+    VerdictCache(root).add([answered])
+    cache = VerdictCache(root)
+    assert len(cache.parts()) == 2
     assert len(cache) == 1 and cache.get(answered["cache_key"])["preference"] == "B"
-
-    # and the other way round: a later transient failure hides an earlier answer (the newest record decides)
-    cache.add([failed])
-    assert answered["cache_key"] not in cache and answered["cache_key"] not in VerdictCache(path)
+    cache.add([failed])  # a failure recorded after the answer: the answer was paid for, and stays served
+    assert cache.get(answered["cache_key"])["preference"] == "B"
+    # two answers to one request (two runs asked at once): the newest is served
+    cache.add([{**answered, "preference": "A", "time": "2025-01-02T00:00:00+00:00"}])
+    assert len(cache) == 1 and cache.get(answered["cache_key"])["preference"] == "A"
 
 
 def test_transient_failures_asked_again_parse_failures_served(tmp_path):
-    path = tmp_path / "v.jsonl"
+    root = tmp_path / "v"
     transient = verdict("p1", preference="", error="timeout after 60 s", retryable=True)
     unparsed = verdict("p2", preference="", error="no preference in the answer", retryable=False)
-    cache = VerdictCache(path)
+    cache = VerdictCache(root)
     cache.add([transient, unparsed])
-    for reader in (cache, VerdictCache(path)):
+    for reader in (cache, VerdictCache(root)):
         assert reader.get(transient["cache_key"]) is None and transient["cache_key"] not in reader
         assert reader.get(unparsed["cache_key"])["error"] == "no preference in the answer"
         assert len(reader) == 1
 
 
 def test_error_needs_retryable_and_key(tmp_path):
-    path = tmp_path / "v.jsonl"
-    cache = VerdictCache(path)
+    root = tmp_path / "v"
+    cache = VerdictCache(root)
     with pytest.raises(ValueError, match="retryable"):
         cache.add([verdict("p1"), verdict("p2", preference="", error="HTTP 500", retryable=None)])
     with pytest.raises(ValueError, match="cache_key"):
         cache.add([{**verdict("p3"), "cache_key": ""}])
-    assert not path.exists() and len(cache) == 0  # nothing of a bad batch is written
+    assert cache.parts() == [] and len(cache) == 0  # nothing of a bad batch is written
 
 
 def test_is_servable():
@@ -106,26 +106,28 @@ def test_is_servable():
     assert not is_servable({"error": "written by other code"})  # when in doubt, ask again
 
 
-def test_torn_last_line_ignored_and_cut_before_appending(tmp_path):
-    path = tmp_path / "v.jsonl"
-    one, two, three = verdict("p1"), verdict("p2"), verdict("p3")
-    VerdictCache(path).add([one, two])
-    text = path.read_text()
-    path.write_text(text[: len(text) - 40])  # a crash in the middle of the second append
-    cache = VerdictCache(path)
-    assert path.read_text() == text[: len(text) - 40]  # opening only reads
-    assert len(cache) == 1 and one["cache_key"] in cache and two["cache_key"] not in cache
-    cache.add([two])  # without the cut, two would be glued onto the torn fragment
-    reopened = VerdictCache(path)
-    assert len(reopened) == 2 and same(reopened.get(two["cache_key"]), two)
-    assert len(path.read_text().splitlines()) == 2
+def test_an_earlier_versions_jsonl_cache_is_read_once_into_a_part(tmp_path):
+    one, two, three = verdict("p1"), verdict("p2", "ba", preference="B"), verdict("p3")
+    failed = verdict("p4", preference="", error="HTTP 503", retryable=True)
+    legacy = tmp_path / "judge" / "verdicts.jsonl"
+    legacy.parent.mkdir()
+    text = "".join(json.dumps(r) + "\n" for r in (one, two, failed, three))
+    legacy.write_text(text[: len(text) - 40])  # a crash in the middle of the last append
+    for path in (legacy, tmp_path / "judge" / "verdicts"):  # the old file's name, or the folder beside it
+        cache = VerdictCache(path)
+        assert cache.root == str(tmp_path / "judge" / "verdicts") and [p.rsplit("/", 1)[1] for p in cache.parts()] == [
+            "part-jsonl.parquet"]
+        assert len(cache) == 2 and same(cache.get(one["cache_key"]), one) and same(cache.get(two["cache_key"]), two)
+        assert failed["cache_key"] not in cache and three["cache_key"] not in cache
+    assert legacy.read_text() == text[: len(text) - 40]  # left in place
 
-    # a whole record that lost only its newline is kept, and the next one goes on its own line
-    path.write_text(path.read_text().rstrip("\n"))
-    cache = VerdictCache(path)
-    assert len(cache) == 2
-    cache.add([three])
-    assert len(VerdictCache(path)) == 3 and len(path.read_text().splitlines()) == 3
+
+def test_the_dataset_serves_what_get_serves(ray_local, tmp_path):
+    cache = VerdictCache(tmp_path / "v")
+    cache.add([verdict("p1"), verdict("p2", preference="", error="HTTP 429", retryable=True)])
+    cache.add([verdict("p3", preference="", error="garbled", retryable=False)])
+    served = cache.dataset().to_pandas()
+    assert sorted(served["pair_id"]) == ["p1", "p3"] and list(served.columns) == list(RECORD_COLUMNS)
 
 
 def test_key_sees_every_component():

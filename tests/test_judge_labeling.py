@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from rlthf.config import JudgeConfig
-from rlthf.judges.labeling import aggregate_verdicts, backend_class, judge_report
+from rlthf.judges.labeling import aggregate_verdicts, backend_class, judge_report, label_tally
 
 NAN = float("nan")
 
@@ -46,17 +46,41 @@ def test_one_order_only_gives_single_labels():
 def test_report_counts_failures_consistency_tokens_cost_and_accuracy():
     pairs = pd.DataFrame({"id": ["agree", "swap", "bias", "lp", "half", "none"],
                           "human_label": ["a", "a", "b", "a", "b", "a"]})
-    labels = aggregate_verdicts(pairs["id"].tolist(), VERDICTS)
+    labels = aggregate_verdicts(pairs["id"].tolist(), VERDICTS).assign(human_label=pairs["human_label"])
     config = JudgeConfig(prompt_price_per_1m=1.0, completion_price_per_1m=4.0)
-    report = judge_report(pairs, labels, VERDICTS, config, asked=12, seconds=1.5)
+    # counted in two batches, as label_pairs counts the batches that stream back
+    tally = label_tally(labels.iloc[:2])
+    tally.update(label_tally(labels.iloc[2:]))
+    report = judge_report(tally, config, asked=9, seconds=1.5)
+    assert report["pairs"] == 6 and report["requests"] == 12 and report["from_cache"] == 3
+    assert report["confidence"] == {"consistent": 2, "inconsistent": 2, "single": 1, "failed": 1}
     assert report["parse_failures"] == 2 and report["errors"] == 1
     assert report["position_consistency"] == pytest.approx(2 / 4)
     assert report["labelled"] == 4
     assert report["accuracy"] == pytest.approx(3 / 4) and report["accuracy_pairs"] == 4  # swap is wrong
-    assert report["prompt_tokens"] == 120 and report["completion_tokens"] == 24
-    assert report["cost"] == pytest.approx((120 * 1.0 + 24 * 4.0) / 1e6)
+    # the transient failure (none|ab) is not served: its tokens are not counted
+    assert report["prompt_tokens"] == 110 and report["completion_tokens"] == 22
+    assert report["cost"] == pytest.approx((110 * 1.0 + 22 * 4.0) / 1e6)
+    assert "accuracy" not in judge_report(label_tally(labels.drop(columns="human_label")), config, asked=0,
+                                          seconds=0.0)
 
 
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match="no Ray Data callable class"):
         backend_class("vllm")
+
+
+def test_requests_of_the_wanted_keys_only():
+    import pyarrow as pa
+
+    from rlthf.judges.labeling import request_rows, verdict_keys
+
+    config = JudgeConfig(both_orders=True)
+    pairs = pd.DataFrame({"id": ["p1", "p2", "p3"], "prompt": ["q"] * 3, "response_a": ["x"] * 3,
+                          "response_b": ["y"] * 3})
+    assert request_rows(pairs, config, "t")["key"].tolist() == ["p1|ab", "p1|ba", "p2|ab", "p2|ba", "p3|ab", "p3|ba"]
+    wanted = pa.array([verdict_keys(["p2"], "ba", config, "t")[0], verdict_keys(["p3"], "ab", config, "t")[0]])
+    asked = request_rows(pairs, config, "t", wanted)
+    assert asked["key"].tolist() == ["p2|ba", "p3|ab"] and asked["user"].str.contains("Response A: y").tolist() == [
+        True, False]  # the swapped order shows response_b first
+    assert request_rows(pairs, config, "t", pa.array([], pa.string())).empty

@@ -23,3 +23,8 @@ def frame_on_actor_pool(df, actor_class, kwargs: dict, pool):
     import ray.data
 
     return map_on_actor_pool(ray.data.from_pandas(df.reset_index(drop=True)), actor_class, kwargs, pool).to_pandas()
+
+
+def join_partitions(rows: int) -> int:
+    """Partitions of a Ray Data hash join over ``rows`` rows: one per 100,000, at least two."""
+    return max(2, -(-rows // 100_000))

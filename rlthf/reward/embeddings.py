@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -22,9 +21,10 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from rlthf.cluster.actors import join_partitions
 from rlthf.models import model_source
 from rlthf.reward.common import reward_text
-from rlthf.rundir import atomic_write_parquet, filesystem_and_path, is_uri, join_location, replace_dir_when_done
+from rlthf.rundir import filesystem_and_path, join_location, parquet_parts, replace_dir_when_done, write_parquet_part
 
 log = logging.getLogger("rlthf")
 
@@ -263,11 +263,7 @@ class EmbeddingCache:
 
     def parts(self) -> list[str]:
         """The parts' paths on :attr:`filesystem`."""
-        from pyarrow import fs
-
-        found = self.filesystem.get_file_info(fs.FileSelector(self.path, allow_not_found=True))
-        return sorted(f.path for f in found
-                      if f.type == fs.FileType.File and f.base_name.startswith("part-") and f.extension == "parquet")
+        return parquet_parts(self.dir)[1]
 
     def __len__(self) -> int:
         return len(self.hashes())
@@ -317,20 +313,10 @@ class EmbeddingCache:
 
 
 def write_part(directory: str | Path, hashes: list[str], vectors: np.ndarray) -> None:
-    """One cache part: a Parquet file under ``directory`` (a path or a URI), written whole or not at all (a
-    crash loses at most this one): beside it and renamed on a local disk, in one upload on an object store."""
+    """One cache part of ``hashes`` and their ``vectors`` under ``directory`` (:func:`write_parquet_part`)."""
     # float lists as the first caches wrote them, so every part has one schema
     embedding = [np.asarray(v, dtype=np.float32).tolist() for v in vectors]
-    df = pd.DataFrame({"text_hash": hashes, "embedding": embedding})
-    location = join_location(directory, f"part-{uuid.uuid4().hex}.parquet")
-    if not is_uri(location):
-        atomic_write_parquet(location, df)
-        return
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    filesystem, path = filesystem_and_path(location)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, filesystem=filesystem)
+    write_parquet_part(directory, pd.DataFrame({"text_hash": hashes, "embedding": embedding}))
 
 
 def text_table(spec: FeatureSpec, prompts, responses) -> pd.DataFrame:
@@ -485,7 +471,7 @@ def streamed_pair_embeddings(cache: EmbeddingCache, pairs, *, pair_count: int, b
 
     rows = pairs.map_batches(pair_text_rows, fn_kwargs={"spec": cache.spec}, batch_format="pandas")
     cached = cache.dataset()
-    partitions = max(2, -(-pair_count // 100_000))
+    partitions = join_partitions(pair_count)
     for side in "ab":
         if cached is None:
             rows = rows.add_column(f"emb_{side}", lambda batch: pd.Series([None] * len(batch), dtype=object),

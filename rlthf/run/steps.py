@@ -250,15 +250,17 @@ def simulated_ai_labels(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, ca
 
 
 def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataFrame:
-    """A real LLM judge labels the shard (``judge/labels.parquet``, ``judge/report.json``, verdict cache)."""
+    """A real LLM judge labels the shard (``judge/labels.parquet``, ``judge/report.json``, the verdict cache
+    ``judge/verdicts/``)."""
     def compute() -> dict:
         from rlthf.judges.labeling import label_pairs
 
         init_ray(config.ray)
         # accuracy is reported against the run's ground truth (data.ground_truth)
-        requests = with_texts(rd, shard).assign(human_label=shard["truth"].to_numpy())
-        labels, report = label_pairs(requests, config.judge, rd.path("judge", "verdicts.jsonl"))
-        atomic_write_parquet(rd.path("judge", "labels.parquet"), labels)
+        pairs = pairs_dataset(rd, pd.DataFrame({"id": shard["id"], "human_label": shard["truth"].to_numpy()}))
+        # the judge's workers write the verdicts: where they reach (storage_path)
+        _, report = label_pairs(pairs, config.judge, rd.shared("judge", "verdicts"), pair_count=len(shard),
+                                labels_path=rd.path("judge", "labels.parquet"))
         atomic_write_json(rd.path("judge", "report.json"), report)
         return {k: v for k, v in report.items() if not isinstance(v, dict)}
 

@@ -79,6 +79,9 @@ def label(pairs, config: JudgeConfig, *, cache_path: str | Path, report_path: st
 
     names = _columns(pairs, list(PAIR_TEXT), "label")
     init_ray_default()
+    # read several times (ids, the requests, the labels' rows, the output): kept in Ray's object store, so a
+    # costly or random upstream pipeline runs once
+    pairs = pairs.materialize()
     ids = pairs.select_columns(["id"]).to_pandas()["id"].astype(str)
     if ids.duplicated().any():
         raise ValueError(f"rlthf.label: pair id {ids[ids.duplicated()].iloc[0]!r} occurs twice")

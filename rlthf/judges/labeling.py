@@ -80,10 +80,11 @@ def run_judge(requests, config: JudgeConfig):
     return map_on_actor_pool(requests, backend_class(config.backend), {"config": config}, config)
 
 
-def verdict_keys(pair_ids, order: str, config: JudgeConfig, template: str) -> list[str]:
-    """The cache keys of ``pair_ids``' requests in ``order``."""
+def verdict_keys(pair_ids, orders, config: JudgeConfig, template: str) -> list[str]:
+    """The cache keys of ``pair_ids``' requests in ``orders`` (one order for all, or one a pair)."""
     params = judge_params(config)
-    return [cache_key(str(pid), order, config.model, template, params) for pid in pair_ids]
+    orders = [orders] * len(pair_ids) if isinstance(orders, str) else orders
+    return [cache_key(str(pid), order, config.model, template, params) for pid, order in zip(pair_ids, orders)]
 
 
 def request_keys(batch: pd.DataFrame, config: JudgeConfig, template: str) -> pd.DataFrame:
@@ -110,9 +111,7 @@ def request_rows(batch: pd.DataFrame, config: JudgeConfig, template: str, wanted
 def write_verdicts(batch: dict[str, np.ndarray], root: str, config: JudgeConfig, template: str) -> dict:
     """Write a batch of fresh verdicts to the cache at ``root`` as one part; pass on what the driver counts."""
     records = pd.DataFrame({column: batch[column] for column in VERDICT_COLUMNS})
-    params = judge_params(config)
-    records["cache_key"] = [cache_key(p, o, config.model, template, params)
-                            for p, o in zip(records["pair_id"], records["order"])]
+    records["cache_key"] = verdict_keys(records["pair_id"], records["order"], config, template)
     records["model"], records["template_hash"] = config.model, template
     write_parquet_part(root, record_table(records))
     return {"key": batch["key"], "error": batch["error"], "retryable": batch["retryable"]}

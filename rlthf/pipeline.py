@@ -65,7 +65,8 @@ def _frame(ds, columns: list[str], step: str, *, only: bool = False):
 
 def label(pairs, config: JudgeConfig, *, cache_path: str | Path, report_path: str | Path | None = None):
     """The LLM judge labels every pair (paper 3.1); returns the pairs with ``label`` ('a', 'b' or None when the
-    judge gave no usable verdict) and ``confidence``, in their own order.
+    judge gave no usable verdict) and ``confidence``, each pair once (in the order Ray Data yields them: join on
+    ``id`` where order matters).
 
     ``cache_path`` is the verdict cache (a folder of Parquet parts, a path or a URI the workers reach): a rerun
     asks only for verdicts it lacks. The pairs stream through Ray Data; the driver holds their ids and labels.

@@ -48,6 +48,7 @@ def load(config_path: str, run_dir: Path):
 
 
 def verdicts(shard: pd.DataFrame, config, order: str, rng: np.random.Generator) -> pd.DataFrame:
+    # (keys made with what the code before the Parquet cache has too, so --jsonl runs with it)
     from rlthf.judges.cache import cache_key
     from rlthf.judges.labeling import judge_params
     from rlthf.judges.prompts import template_hash

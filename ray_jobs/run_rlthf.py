@@ -1,4 +1,5 @@
-"""Entry point for `ray job submit -- python ray_jobs/run_rlthf.py --config configs/demo.yaml`.
+"""Entry point for `ray job submit -- python ray_jobs/run_rlthf.py [--config configs/demo.yaml]` (without
+``--config``: the embedded default, as `rlthf run`).
 
 It parses the arguments and calls the library, nothing more; inside a Ray job, Ray is already reachable
 (RAY_ADDRESS is set), so the run joins the cluster instead of starting a local Ray.

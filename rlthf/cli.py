@@ -14,20 +14,24 @@ EXIT_BAD_INPUT = 2
 EXIT_ANNOTATION_PENDING = 3
 
 
-def _config_command(sub, name: str, help: str, example: str, set_example: str) -> argparse.ArgumentParser:
+def _config_command(sub, name: str, help: str, example: str, set_example: str, *,
+                    default: str | None = None) -> argparse.ArgumentParser:
     command = sub.add_parser(name, help=help)
-    command.add_argument("--config", required=True, help=f"YAML config, e.g. {example}")
+    command.add_argument("--config", required=default is None, default=default,
+                         help=f"YAML config, e.g. {example}" + (f" (default: {default})" if default else ""))
     command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help=f"override a config value, e.g. --set {set_example} (repeatable)")
     return command
 
 
 def _parser() -> argparse.ArgumentParser:
+    from rlthf.config import DEFAULT_RUN_CONFIG
+
     parser = argparse.ArgumentParser(prog="rlthf", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_command = _config_command(sub, "run", "run (or resume) RLTHF as a config says", "configs/demo.yaml",
-                                  "selection.iterations=3")
+                                  "selection.iterations=3", default=str(DEFAULT_RUN_CONFIG))
     run_command.add_argument("--serve", action="store_true", help="file_queue: serve the annotation page and wait "
                              "for people's answers in place, instead of exiting with status 3 at each batch")
     run_command.add_argument("--host", default="127.0.0.1", help="--serve: address; not loopback needs --token")

@@ -438,6 +438,10 @@ class RLTHFConfig:
         return dataclasses.asdict(self)
 
 
+# What `rlthf run` runs when given no config: RLTHF on GPT-4's real verdicts (vicuna80-judged), humans as the truth.
+DEFAULT_RUN_CONFIG = Path(__file__).parent / "presets" / "vicuna80.yaml"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RLTHFConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``KEY=VALUE`` overrides."""
     return from_dict(RLTHFConfig, read_yaml(path, overrides))

@@ -205,7 +205,7 @@ def test_help(capsys, argv, words):
     assert all(w in out for w in words)
 
 
-@pytest.mark.parametrize("argv", [[], ["run"], ["annotate", "import", "answers.jsonl"], ["bogus"]])
+@pytest.mark.parametrize("argv", [[], ["label"], ["run", "--bogus"], ["annotate", "import", "answers.jsonl"], ["bogus"]])
 def test_usage_errors_exit_2(capsys, argv):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

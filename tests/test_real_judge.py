@@ -3,13 +3,25 @@ labels come from the data's columns, no question crosses the test split, the aud
 data is worth, and the default curation ships nothing worse than the judge's labels."""
 import pandas as pd
 
-from rlthf.config import load_config
+import rlthf.run.driver
+from rlthf.cli import main
+from rlthf.config import DEFAULT_RUN_CONFIG, load_config
 from rlthf.run.driver import run
 from tests.conftest import REPO
 
 
+def test_rlthf_run_without_a_config_runs_on_gpt4_labels(monkeypatch):
+    ran = []
+    monkeypatch.setattr(rlthf.run.driver, "run", lambda config, **_: ran.append(config))
+    assert main(["run", "--set", "selection.iterations=2"]) == 0
+    assert ran == [load_config(DEFAULT_RUN_CONFIG, ["selection.iterations=2"])]
+    assert ran[0].ai_labels.source == "column" and ran[0].data.path.endswith("vicuna80-judged/pairs.jsonl.gz")
+    assert (REPO / "configs/vicuna80.yaml").resolve() == DEFAULT_RUN_CONFIG.resolve()  # one file, two names
+
+
 def test_a_run_on_gpt4_labels_from_columns(ray_local, vicuna80_path, embedding_cache, tmp_path):
-    config = load_config(REPO / "configs/vicuna80.yaml", [
+    # the embedded default (rlthf run with no --config), made small
+    config = load_config(DEFAULT_RUN_CONFIG, [
         f"output_dir={tmp_path / 'run'}", f"data.path={vicuna80_path}", "data.max_pairs=450",
         f"reward.cache_dir={embedding_cache}", "reward.max_length=128",  # cheap features: the labels are tested
         "selection.iterations=2", "annotation.audit_fraction=0.1"])

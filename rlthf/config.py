@@ -118,8 +118,9 @@ class JudgeConfig:
     max_prompt_chars: int = option(6000, "The dialogue is cut from the left to this many characters.")
     # how the answer is read
     mode: Literal["logprob", "generate"] = option(
-        "logprob", "transformers/vllm: score the next-token log-probabilities of 'A' vs 'B' (fast), or generate "
-        "and parse the answer.")
+        "logprob", "logprob: transformers scores the next-token log-probabilities of 'A' vs 'B' (fast); openai "
+        "generates the answer and reads the answer letter's top log-probabilities too (the endpoint must return "
+        "logprobs); vllm generates either way. generate: generate and parse the answer.")
     max_new_tokens: int = option(64, "generate: tokens to generate.")
     temperature: float = option(0.0, "generate: sampling temperature (0: greedy).")
     # an OpenAI-compatible endpoint
@@ -128,6 +129,9 @@ class JudgeConfig:
     max_retries: int = option(5, "openai: retries on 429/5xx/timeouts (exponential backoff, Retry-After honoured).")
     timeout_s: float = option(60.0, "openai: seconds per request.")
     concurrency: int = option(4, "openai: requests in flight per actor.")
+    cache_dir: Optional[str] = option(
+        None, "The verdict cache (Parquet parts), a path or a pyarrow URI the workers reach; runs that share one "
+        "(an experiment's methods and seeds, a Tune sweep) pay for each verdict once. null: the run's judge/verdicts.")
     prompt_price_per_1m: float = option(0.0, "Cost accounting: price per million prompt tokens.")
     completion_price_per_1m: float = option(0.0, "Cost accounting: price per million completion tokens.")
     # Ray Data
@@ -221,10 +225,11 @@ class SelectionConfig:
         "label issues on out-of-fold probabilities; oracle: exactly the pairs whose label is wrong (needs the "
         "ground truth: the ceiling in studies). The last four keep RLTHF's flips, alpha and beta "
         "(rlthf/core/selectors.py).")
-    judge_signal: Literal["none", "suspicious_first"] = option(
-        "none", "rlthf: how the judge's own doubt orders the human batch. suspicious_first: inside the region the "
-        "curve targets (reflection point back to the knee), pairs whose two judge orders disagreed or only one "
-        "gave a verdict go first; none: the curve alone.")
+    judge_signal: Literal["none", "suspicious_first", "least_confident_first"] = option(
+        "none", "rlthf: how the judge's own doubt orders the human batch inside the region the curve targets "
+        "(reflection point back to the knee). suspicious_first: pairs whose two judge orders disagreed or only one "
+        "gave a verdict first; least_confident_first: by the judge's log-probability margin |lp(a) - lp(b)|, "
+        "smallest first (needs ai_labels.source judge in logprob mode); none: the curve alone.")
     knee_detector: Literal["derivative", "kneedle"] = option(
         "derivative", "How the curve's elbow and knee are found: the smoothed-slope threshold (steepness_factor) "
         "or Kneedle (the kneed package).")
@@ -433,6 +438,14 @@ class RLTHFConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     winrate: WinRateConfig = field(default_factory=WinRateConfig)
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
+
+    def __post_init__(self) -> None:
+        if self.selection.judge_signal == "least_confident_first":
+            require(self.ai_labels.source == "judge" and self.judge.mode == "logprob" and self.judge.backend != "vllm",
+                    "selection.judge_signal", "least_confident_first reads the judge's log-probabilities: it needs "
+                    "ai_labels.source judge with judge.mode logprob on the transformers or openai backend; got "
+                    f"ai_labels.source {self.ai_labels.source}, judge.mode {self.judge.mode}, judge.backend "
+                    f"{self.judge.backend}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

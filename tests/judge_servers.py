@@ -71,8 +71,10 @@ def smollm2_gguf() -> Path:
 
 
 @contextlib.contextmanager
-def run_llama_server(log_path: Path, *, n_threads: int = 1):
+def run_llama_server(log_path: Path, *, n_threads: int = 1, logits_all: bool = False):
     """Start the server, wait until ``/v1/models`` answers, yield its base URL (``.../v1``), stop it.
+    ``logits_all``: keep the logits of every position, which llama-cpp-python needs to return ``logprobs``
+    (it makes prompts ~1.7x slower here, so the shared server goes without).
 
     One thread: on a small shared machine llama.cpp's OpenMP threads spin against other processes and a second
     thread made requests ~20x slower. ``--cache true`` keeps prompt states in RAM, so a prompt asked again
@@ -81,7 +83,7 @@ def run_llama_server(log_path: Path, *, n_threads: int = 1):
     port = free_port()
     command = [sys.executable, "-c", LLAMA_SERVER_MAIN, "--model", str(smollm2_gguf()), "--model_alias",
                MODEL_ALIAS, "--host", HOST, "--port", str(port), "--n_ctx", "4096", "--n_threads", str(n_threads),
-               "--n_threads_batch", str(n_threads), "--logits_all", "false", "--cache", "true", "--verbose", "false"]
+               "--n_threads_batch", str(n_threads), "--logits_all", str(logits_all).lower(), "--cache", "true", "--verbose", "false"]
     base_url = f"http://{HOST}:{port}/v1"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT)

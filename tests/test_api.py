@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -69,10 +70,16 @@ def test_train_score_analyze_select_on_datasets(ray_local, hh_rlhf_path, reward_
 
 def test_label_with_a_judge_returns_the_pairs_with_labels(pairs, llama_server, tmp_path):
     some = pairs.limit(4)
+    # one actor of 2 CPUs on the session's 2-CPU Ray: the pool must leave a CPU to the tasks that feed it, or the
+    # pipeline waits forever (it did, stop 26 to 27, for configs/demo_judge.yaml)
     config = JudgeConfig(backend="openai", model=MODEL_ALIAS, base_url=llama_server, api_key_env=TEST_API_KEY_ENV,
-                         both_orders=False, max_new_tokens=24, temperature=0.0, max_prompt_chars=500)
-    labelled = rlthf.label(some, config, cache_path=tmp_path / "verdicts",
-                           report_path=tmp_path / "report.json").to_pandas()
+                         both_orders=False, max_new_tokens=24, temperature=0.0, max_prompt_chars=500, mode="generate",
+                         cpus_per_actor=2)
+    worker = ThreadPoolExecutor(1)
+    labelling = worker.submit(lambda: rlthf.label(some, config, cache_path=tmp_path / "verdicts",
+                                                  report_path=tmp_path / "report.json").to_pandas())
+    worker.shutdown(wait=False)
+    labelled = labelling.result(timeout=300)
     given = some.to_pandas()
     assert sorted(labelled["id"]) == sorted(given["id"]) and set(given.columns) <= set(labelled.columns)
     assert set(labelled["label"].dropna()) <= {"a", "b"}

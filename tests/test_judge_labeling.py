@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rlthf.cluster.actors import actor_cpus
 from rlthf.config import JudgeConfig
 from rlthf.judges.labeling import aggregate_verdicts, backend_class, judge_report, label_tally
 
@@ -84,3 +85,10 @@ def test_requests_of_the_wanted_keys_only():
     assert asked["key"].tolist() == ["p2|ba", "p3|ab"] and asked["user"].str.contains("Response A: y").tolist() == [
         True, False]  # the swapped order shows response_b first
     assert request_rows(pairs, config, "t", pa.array([], pa.string())).empty
+
+
+def test_an_actor_pool_never_holds_every_cpu_of_a_small_cluster():
+    assert actor_cpus(1, 2, 2.0) == 1.0  # the demo judge on this machine: one CPU left to the tasks feeding it
+    assert actor_cpus(2, 1, 2.0) == 0.5 and actor_cpus(4, 1, 3.0) == 0.5
+    assert actor_cpus(1, 2, 16.0) == 2 and actor_cpus(3, 2, 8.0) == 2  # room to spare: as asked
+    assert actor_cpus(1, 1, 1.0) == 1  # a one-CPU cluster has nothing to leave

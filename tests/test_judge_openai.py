@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 
 import numpy as np
@@ -16,10 +17,10 @@ import pytest
 from rlthf.config import ConfigError, JudgeConfig
 from rlthf.data import read_pairs
 from rlthf.judges.base import VERDICT_COLUMNS, cost
-from rlthf.judges.openai_backend import OpenAIJudge
+from rlthf.judges.openai_backend import TOP_LOGPROBS, OpenAIJudge, token_alternatives
 from rlthf.judges.prompts import render_requests
 from tests.judge_servers import (ANSWER_B, BAD_REQUEST, DELAY, ERROR_500, ERROR_503, GARBAGE, MODEL_ALIAS, OK,
-                                 RATE_LIMIT, RATE_LIMIT_1S, TRUNCATED, FaultProxy)
+                                 RATE_LIMIT, RATE_LIMIT_1S, TRUNCATED, FaultProxy, run_llama_server)
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,8 @@ SCHEDULE = {
 def judge_config(base_url: str, **overrides) -> JudgeConfig:
     settings = dict(backend="openai", model=MODEL_ALIAS, base_url=base_url, api_key_env=KEY_ENV,
                     max_retries=MAX_RETRIES, timeout_s=TIMEOUT_S, concurrency=4, max_new_tokens=24, temperature=0.0,
-                    both_orders=False, max_prompt_chars=500, prompt_price_per_1m=0.15, completion_price_per_1m=0.6)
+                    both_orders=False, max_prompt_chars=500, prompt_price_per_1m=0.15, completion_price_per_1m=0.6,
+                    mode="generate")  # the shared server has no logprobs (logits_all off: faster)
     settings.update(overrides)
     return JudgeConfig(**settings)
 
@@ -158,6 +160,37 @@ def test_the_real_server_answers_with_token_counts(llama_server, hh_requests, ap
     spent = cost(verdicts["prompt_tokens"], verdicts["completion_tokens"], config)
     assert spent == pytest.approx((verdicts["prompt_tokens"].sum() * 0.15 + verdicts["completion_tokens"].sum() * 0.6)
                                   / 1e6)
+
+
+@pytest.fixture(scope="module")
+def llama_logprob_server(tmp_path_factory):
+    """A second llama.cpp server, this one returning log-probabilities (logits_all)."""
+    with run_llama_server(tmp_path_factory.mktemp("llama-logprobs") / "server.log", logits_all=True) as base_url:
+        yield base_url
+
+
+def test_logprob_mode_reads_the_answer_letters_from_a_real_servers_logprobs(llama_logprob_server, hh_requests,
+                                                                            api_key):
+    config = judge_config(llama_logprob_server, mode="logprob")
+    judge = OpenAIJudge(config)
+    verdicts = judge(take(hh_requests, [10, 11]))
+    assert verdicts["error"].tolist() and all(e in ANSWERED for e in verdicts["error"])  # logprobs were accepted
+    assert not verdicts["retryable"].any()
+    for raw, preference, logprob_a, logprob_b in zip(verdicts["raw"], verdicts["preference"], verdicts["logprob_a"],
+                                                     verdicts["logprob_b"]):
+        named = re.search(r'preference:\s*"Response\s?[AB]', raw)  # greedy: the letter is its own top alternative
+        assert np.isfinite(logprob_a) == np.isfinite(logprob_b) == bool(named)
+        if named:
+            assert {"A": logprob_a > logprob_b, "B": logprob_b > logprob_a}[preference]
+    # what the backend reads from this server: every generated token with its alternatives, the text whole
+    response = judge.client.chat.completions.create(
+        model=config.model, messages=[{"role": "system", "content": str(hh_requests["system"][10])},
+                                      {"role": "user", "content": str(hh_requests["user"][10])}],
+        temperature=0.0, max_tokens=config.max_new_tokens, logprobs=True, top_logprobs=TOP_LOGPROBS)
+    tokens = token_alternatives(response.choices[0].logprobs)
+    assert tokens and "".join(token for token, _ in tokens) == response.choices[0].message.content
+    assert all(0 < len(alternatives) <= TOP_LOGPROBS and max(alternatives.values()) <= 0
+               and token in alternatives for token, alternatives in tokens)  # greedy: each token is listed
 
 
 def test_a_missing_key_names_the_variable(monkeypatch):

@@ -153,7 +153,7 @@ def assert_one_row_per_answer(verdicts: dict) -> None:
 class FakeCompletions:
     """The ``chat.completions`` of an OpenAI client whose answer to user prompt ``str(i)`` is ANSWERS[i]."""
 
-    def create(self, *, model, messages, temperature, max_tokens):
+    def create(self, *, model, messages, temperature, max_tokens, **logprobs):
         content = ANSWERS[int(messages[1]["content"])]
         message = SimpleNamespace(content=content)
         usage = SimpleNamespace(prompt_tokens=12, completion_tokens=len(content) // 4)

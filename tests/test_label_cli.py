@@ -17,8 +17,9 @@ def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, l
         "data": {"path": str(hh_rlhf_path), "max_pairs": 24, "shard_fraction": 0.25, "test_fraction": 0.2},
         "ai_labels": {"source": "judge"},
         "judge": {"backend": "openai", "model": MODEL_ALIAS, "base_url": llama_server, "api_key_env": TEST_API_KEY_ENV,
-                  "both_orders": True, "max_new_tokens": 48, "max_prompt_chars": 1500, "concurrency": 2,
-                  "timeout_s": 120, "max_retries": 1, "batch_size": 4, "prompt_price_per_1m": 2.5},
+                  "both_orders": True, "mode": "generate", "max_new_tokens": 48, "max_prompt_chars": 1500, "concurrency": 2,
+                  "timeout_s": 120, "max_retries": 1, "batch_size": 4, "prompt_price_per_1m": 2.5,
+                  "cache_dir": str(tmp_path / "verdicts")},  # shared by the runs below
     }
     path = tmp_path / "judge.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -31,21 +32,25 @@ def test_rlthf_label_through_the_openai_backend_then_from_the_cache(ray_local, l
     labels = pd.read_parquet(run_dir / "judge/labels.parquet")
     assert sorted(labels["id"]) == sorted(shard["id"])
     assert set(labels["confidence"]) <= {"consistent", "inconsistent", "single", "failed"}
-    verdicts = pd.read_parquet(run_dir / "judge/verdicts")  # the cache's parts
+    assert not (run_dir / "judge/verdicts").exists()
+    verdicts = pd.read_parquet(tmp_path / "verdicts")  # the shared cache's parts
     assert sorted(verdicts["key"]) == sorted(f"{i}|{o}" for i in shard["id"] for o in ("ab", "ba"))
     assert verdicts["raw"][~verdicts["retryable"]].str.len().gt(0).all()  # raw answers are kept, parseable or not
     assert (labels["retryable_ab"] | labels["retryable_ba"]).sum() == report["errors"]
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{"):printed.rindex("}") + 1]) == report  # the report is printed
 
-    # A rerun pays for nothing: every verdict comes from the cache.
-    (run_dir / "steps.json").write_text(json.dumps({k: v for k, v in json.loads(
-        (run_dir / "steps.json").read_text()).items() if k != "judge"}))
+    # Another run sharing judge.cache_dir (an experiment's next method) pays for nothing.
+    other = tmp_path / "other_run"
+    path.write_text(yaml.safe_dump({**config, "output_dir": str(other)}))
     assert main(["label", "--config", str(path)]) == 0
-    again = json.loads((run_dir / "judge/report.json").read_text())
+    again = json.loads((other / "judge/report.json").read_text())
     assert again["asked"] == 0 and again["from_cache"] == report["requests"]
+    relabelled = pd.read_parquet(other / "judge/labels.parquet").sort_values("id", ignore_index=True)
+    assert relabelled[["id", "label", "confidence"]].equals(labels.sort_values("id", ignore_index=True)[
+        ["id", "label", "confidence"]])
 
     key = __import__("os").environ[TEST_API_KEY_ENV]
-    for file in run_dir.rglob("*"):
+    for file in tmp_path.rglob("*"):  # the runs and the shared cache
         if file.is_file():
             assert key.encode() not in file.read_bytes(), file

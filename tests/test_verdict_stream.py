@@ -19,7 +19,7 @@ from tests.judge_servers import ANSWER_B, ERROR_503, MODEL_ALIAS, FaultProxy
 def judge_config(base_url: str) -> JudgeConfig:
     return JudgeConfig(backend="openai", model=MODEL_ALIAS, base_url=base_url, api_key_env=TEST_API_KEY_ENV,
                        both_orders=True, max_new_tokens=24, temperature=0.0, max_prompt_chars=500, max_retries=0,
-                       timeout_s=120, concurrency=2, batch_size=4)
+                       timeout_s=120, concurrency=2, batch_size=4, mode="generate")
 
 
 def record(config: JudgeConfig, pair_id: str, order: str, preference: str, time: str, **fields) -> dict:

@@ -110,13 +110,32 @@ def suspicious_first(priority, suspicious, window: int) -> np.ndarray:
     """``priority`` with the suspicious positions among its first ``window`` moved to the front (stable): the
     judge's own doubt (its two orders disagreed, or only one gave a verdict) ranks pairs inside the region the
     reward curve targets, and never pulls in pairs from outside it."""
-    priority = np.asarray(priority, dtype=np.int64)
     suspicious = np.asarray(suspicious, dtype=bool)
-    if suspicious.shape != priority.shape:
-        raise ValueError(f"suspicious has shape {suspicious.shape}, the priority has {priority.shape}")
+    return doubtful_first(priority, suspicious.astype(float), window, "suspicious")
+
+
+def least_confident_first(priority, judge_margin, window: int) -> np.ndarray:
+    """``priority`` with its first ``window`` positions reordered by the judge's confidence, least first: the
+    magnitude of its log-probability margin ``|lp(a) - lp(b)|`` (summed over both orders, so position bias
+    cancels). A pair without a margin (NaN: one order failed, no log-probs) counts as the least confident. Pairs
+    of equal confidence keep the curve's order; the tail past the window is untouched.
+
+    >>> least_confident_first([4, 0, 3, 1, 2], [0.1, 5.0, -2.0, np.nan, 0.5], 3).tolist()
+    [3, 0, 4, 1, 2]
+    """
+    margin = np.asarray(judge_margin, dtype=float)
+    return doubtful_first(priority, np.where(np.isnan(margin), np.inf, -np.abs(margin)), window, "judge_margin")
+
+
+def doubtful_first(priority, doubt, window: int, name: str = "doubt") -> np.ndarray:
+    """The first ``window`` positions of ``priority`` by descending ``doubt`` (per position; stable), then the
+    rest of ``priority`` as it was."""
+    priority = np.asarray(priority, dtype=np.int64)
+    doubt = np.asarray(doubt, dtype=float)
+    if doubt.shape != priority.shape:
+        raise ValueError(f"{name} has shape {doubt.shape}, the priority has {priority.shape}")
     head, tail = priority[:max(0, window)], priority[max(0, window):]
-    flagged = suspicious[head]
-    return np.concatenate([head[flagged], head[~flagged], tail])
+    return np.concatenate([head[np.argsort(-doubt[head], kind="stable")], tail])
 
 
 def oracle_order(labels, truth, draws) -> np.ndarray:

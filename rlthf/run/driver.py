@@ -48,7 +48,7 @@ log = logging.getLogger("rlthf")
 RUN_KEYS = ("seed", "data.", "ai_labels.", "judge.", "annotation.", "selection.", "reward.", "curate.")
 # Keys of the loop's own sections that may still change between a run and its resumption: where Ray runs, how
 # fast scoring goes, how far to go.
-RESUMABLE_CHANGES = ("selection.iterations", "reward.cache_dir", "reward.score_batch_size",
+RESUMABLE_CHANGES = ("selection.iterations", "reward.cache_dir", "judge.cache_dir", "reward.score_batch_size",
                      "reward.score_concurrency", "reward.num_workers", "reward.cpus_per_worker",
                      "reward.max_failures", "reward.storage_path")
 

@@ -23,14 +23,14 @@ from rlthf.core.curve import analyze_curve
 from rlthf.core.labels import PAIR_TEXT, hash_unit, label_sign, objects_full, rm_labels
 from rlthf.core.metrics import label_accuracy, preference_accuracy, wilson_interval
 from rlthf.core.selection import annotation_batch_size, budget_labels, cap_to_budget, schedule_value, select_pairs, select_random
-from rlthf.core.selectors import (committee_order, confident_learning_order, oracle_order, rlthf_order,
-                                 suspicious_first, uncertainty_order)
+from rlthf.core.selectors import (committee_order, confident_learning_order, least_confident_first, oracle_order,
+                                 rlthf_order, suspicious_first, uncertainty_order)
 from rlthf.core.simulate import simulate_ai_labels
 from rlthf.core.working_labels import (eyes_off_positions, fill_unlabelled, initial_labels_frame,
                                        with_answers, with_flips)
 from rlthf.data import column_ai_labels, group_draws, read_configured_pairs, split_by_draws
 from rlthf.reward.backends import committee_reward_config, simulation_reward_config
-from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, replace_dir_when_done
+from rlthf.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_parquet, is_uri, replace_dir_when_done
 from rlthf.run.corpus import (TEXTS, beyond_driver, column_by_id, columns_by_id, has_id, numpy_values, pa_strings,
                               pair_texts, pairs_dataset, read_pairs_index, texts_dataset, texts_path, with_texts,
                               write_curated)
@@ -192,6 +192,7 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
         shard = corpus[corpus["in_shard"]].reset_index(drop=True)
         source = config.ai_labels.source
         confidence = objects_full(len(corpus), "n/a")  # the judge's own doubt, where it says it
+        judge_margin = np.full(len(corpus), np.nan)  # and its log-probability margin, where it scores them
         if source == "column":
             data = read_pairs_index(rd)  # with the data's own columns
             columns = column_ai_labels(data[data["split"] == "train"].reset_index(drop=True), config.ai_labels)
@@ -201,6 +202,7 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
             judged = judge_step(rd, config, shard).set_index("id").reindex(shard["id"])
             label[corpus["in_shard"].to_numpy()] = judged["label"].to_numpy()
             confidence[corpus["in_shard"].to_numpy()] = judged["confidence"].to_numpy()
+            judge_margin[corpus["in_shard"].to_numpy()] = judged["logprob_margin"].to_numpy(dtype=float)
         else:  # the shard first, as before the corpus had AI labels, so a shard's labels do not depend on the rest
             label = np.full(len(corpus), None, dtype=object)
             rest = corpus[~corpus["in_shard"]].reset_index(drop=True)
@@ -209,7 +211,8 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
                 label[~corpus["in_shard"].to_numpy()] = simulated_ai_labels(rd, config, rest, cache_dir,
                                                                            config.seed + 1)
         atomic_write_parquet(rd.path(*path), pd.DataFrame({"id": corpus["id"], "ai_label": pd.Series(label, dtype=object),
-                                                           "ai_confidence": confidence}))
+                                                           "ai_confidence": confidence,
+                                                           "ai_judge_margin": judge_margin}))
         labelled = pd.notna(label)
         return {"labelled": int(labelled.sum()), "ai_accuracy": label_accuracy(label[labelled],
                                                                             corpus["truth"][labelled])}
@@ -259,7 +262,9 @@ def judge_step(rd: RunDir, config: RLTHFConfig, shard: pd.DataFrame) -> pd.DataF
         # accuracy is reported against the run's ground truth (data.ground_truth)
         pairs = pairs_dataset(rd, pd.DataFrame({"id": shard["id"], "human_label": shard["truth"].to_numpy()}))
         # the judge's workers write the verdicts: where they reach (storage_path)
-        _, report = label_pairs(pairs, config.judge, rd.shared("judge", "verdicts"), pair_count=len(shard),
+        verdicts = config.judge.cache_dir or rd.shared("judge", "verdicts")
+        verdicts = verdicts if is_uri(verdicts) else str(Path(verdicts).resolve())
+        _, report = label_pairs(pairs, config.judge, verdicts, pair_count=len(shard),
                                 labels_path=rd.path("judge", "labels.parquet"))
         atomic_write_json(rd.path("judge", "report.json"), report)
         return {k: v for k, v in report.items() if not isinstance(v, dict)}
@@ -458,10 +463,12 @@ def annotation_priority(config: RLTHFConfig, k: int, shard: pd.DataFrame, labels
     if s.selector == "rlthf":
         if s.judge_signal == "none":
             return None
-        confidence = column_by_id(ai_labels, "ai_confidence", shard["id"])
-        suspicious = np.isin(confidence, ("inconsistent", "single", "failed"))
         window = analysis.reflection_index - analysis.knee_index  # the region the curve targets
-        return suspicious_first(rlthf_order(analysis.order, analysis.reflection_index), suspicious, window)
+        priority = rlthf_order(analysis.order, analysis.reflection_index)
+        if s.judge_signal == "least_confident_first":
+            return least_confident_first(priority, column_by_id(ai_labels, "ai_judge_margin", shard["id"]), window)
+        confidence = column_by_id(ai_labels, "ai_confidence", shard["id"])
+        return suspicious_first(priority, np.isin(confidence, ("inconsistent", "single", "failed")), window)
     if s.selector == "oracle":
         return oracle_order(labels["label"], shard["truth"], hash_unit(config.seed + k, "oracle", shard["id"]))
     return selector_order(config, shard, labels["label"], shard_scores, cache_dir=cache_dir, seed=config.seed + k)

@@ -30,10 +30,10 @@ log = logging.getLogger("rlthf")
 # 4xx statuses that are transient (the client retries them too): request timeout, lock conflict, rate limit.
 TRANSIENT_4XX = frozenset({408, 409, 429})
 UNPARSEABLE = "unparseable answer"
+TRUNCATED = "truncated answer"
 # alternatives asked for at each generated token in logprob mode (OpenAI's most; the losing letter of a
 # confident judge may still be missing, see answer_logprobs)
 TOP_LOGPROBS = 20
-TRUNCATED = "truncated answer"
 
 
 class OpenAIJudge:
@@ -89,9 +89,9 @@ class OpenAIJudge:
             )
             return _answer(response)  # inside the try: a malformed response fails this request only
         except openai.APIStatusError as err:  # the client's retries are spent, or the status is not retried
-            status = err.status_code
-            hint = " (judge.mode logprob asks for logprobs: for an endpoint without them, judge.mode generate)" \
-                if status == 400 and self.config.mode == "logprob" else ""
+            status, hint = err.status_code, ""
+            if status == 400 and self.config.mode == "logprob":
+                hint = " (judge.mode logprob asks for logprobs: for an endpoint without them, judge.mode generate)"
             return _failure(f"{type(err).__name__}: {status}{hint}", retryable=status in TRANSIENT_4XX or status >= 500)
         except openai.APIConnectionError as err:  # APITimeoutError too; its message is a fixed short text
             return _failure(f"{type(err).__name__}: {err.message}", retryable=True)

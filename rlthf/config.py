@@ -77,6 +77,11 @@ class AILabelConfig:
         None, "column: optional column with the verdict for the responses shown swapped, mapped back to a/b "
         "(vicuna80: judge_label_swapped). Where the two orders disagree the pair stays unlabelled; where one "
         "order has no verdict the other's label counts, as for a live judge's single verdict.")
+    margin_column: Optional[str] = option(
+        None, "column: optional column with the judge's log-probability margin of a over b (lp(a) - lp(b), both "
+        "orders summed where you have them; any score whose size is the judge's confidence): what "
+        "selection.judge_signal least_confident_first orders by. A finite number or null; anything else rejects "
+        "the record.")
     noise: Literal["hardness", "uniform"] = option(
         "hardness", "hardness: errors fall on pairs an out-of-fold reward model finds hard; uniform: anywhere.")
     target_accuracy: float = option(0.75, "Accuracy of the simulated labeler (paper: GPT-4o on HH-RLHF, 74.7%).")
@@ -92,11 +97,14 @@ class AILabelConfig:
         require(self.hardness_sharpness >= 0, "ai_labels.hardness_sharpness", "must be >= 0")
         from rlthf.core.labels import PAIR_COLUMNS
 
-        for key, name in (("ai_labels.column", self.column), ("ai_labels.swapped_column", self.swapped_column)):
+        for key, name in (("ai_labels.column", self.column), ("ai_labels.swapped_column", self.swapped_column),
+                          ("ai_labels.margin_column", self.margin_column)):
             require(name is None or bool(name.strip()), key, "must name a column")
             require(name not in PAIR_COLUMNS, key, f"{name!r} is a pair column, not an AI label column (a record's "
                     "own id, human_label or label_source field is read as record_id, record_human_label, ...)")
         require(self.swapped_column != self.column, "ai_labels.swapped_column", "must differ from ai_labels.column")
+        require(self.margin_column is None or self.margin_column not in (self.column, self.swapped_column),
+                "ai_labels.margin_column", "must differ from the label columns")
 
 
 @dataclass
@@ -229,7 +237,7 @@ class SelectionConfig:
         "none", "rlthf: how the judge's own doubt orders the human batch inside the region the curve targets "
         "(reflection point back to the knee). suspicious_first: pairs whose two judge orders disagreed or only one "
         "gave a verdict first; least_confident_first: by the judge's log-probability margin |lp(a) - lp(b)|, "
-        "smallest first (needs ai_labels.source judge in logprob mode); none: the curve alone.")
+        "smallest first (a judge in logprob mode, or ai_labels.margin_column); none: the curve alone.")
     knee_detector: Literal["derivative", "kneedle"] = option(
         "derivative", "How the curve's elbow and knee are found: the smoothed-slope threshold (steepness_factor) "
         "or Kneedle (the kneed package).")
@@ -440,12 +448,14 @@ class RLTHFConfig:
     downstream: DownstreamConfig = field(default_factory=DownstreamConfig)
 
     def __post_init__(self) -> None:
+        a, j = self.ai_labels, self.judge
         if self.selection.judge_signal == "least_confident_first":
-            require(self.ai_labels.source == "judge" and self.judge.mode == "logprob" and self.judge.backend != "vllm",
-                    "selection.judge_signal", "least_confident_first reads the judge's log-probabilities: it needs "
-                    "ai_labels.source judge with judge.mode logprob on the transformers or openai backend; got "
-                    f"ai_labels.source {self.ai_labels.source}, judge.mode {self.judge.mode}, judge.backend "
-                    f"{self.judge.backend}")
+            scored = (a.source == "judge" and j.mode == "logprob" and j.backend != "vllm"
+                      or a.source == "column" and a.margin_column is not None)
+            require(scored, "selection.judge_signal", "least_confident_first reads the judge's log-probabilities: "
+                    "it needs ai_labels.source judge with judge.mode logprob on the transformers or openai backend, "
+                    f"or ai_labels.source column with ai_labels.margin_column; got ai_labels.source {a.source}, "
+                    f"judge.mode {j.mode}, judge.backend {j.backend}, ai_labels.margin_column {a.margin_column}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

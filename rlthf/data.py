@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -86,7 +87,8 @@ def pair_id(prompt: str, response_1: str, response_2: str) -> str:
 
 def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_invalid: str = "skip",
                max_pairs: int | None = None, hf_split: str = "train", label_columns: Sequence[str] = (),
-               group_column: str | None = None) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+               group_column: str | None = None, margin_columns: Sequence[str] = (),
+               ) -> tuple[pd.DataFrame, list[InvalidRecord]]:
     """Read preference pairs from a file or a Hugging Face dataset.
 
     Parameters
@@ -116,6 +118,9 @@ def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_inva
     group_column : str, optional
         The column that groups pairs for the splits; when it is an extra column, a record without a value there
         is invalid.
+    margin_columns : sequence of str, default=()
+        Extra columns that hold a judge's log-probability margin: a finite number or null (also absent), stored
+        as a float (NaN for null); anything else (text, a bool, inf) makes the record invalid.
 
     Returns
     -------
@@ -132,13 +137,14 @@ def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_inva
     MissingColumnError
         When a label column or the group column is in no pair read.
     """
-    _check_read_options(format, on_invalid, label_columns)
+    _check_read_options(format, on_invalid, label_columns, margin_columns)
     source, rows, style = _open_source(path, format, hf_split)
     rejected: list[InvalidRecord] = []
     records = list(_read_records(source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
-                                 label_columns=tuple(label_columns), group_column=group_column, rejected=rejected))
+                                 label_columns=tuple(label_columns), group_column=group_column, rejected=rejected,
+                                 margin_columns=tuple(margin_columns)))
     frame = _pairs_frame([pair for pair, _ in records], [extra for _, extra in records])
-    for column, role in [(group_column, "group")] + [(c, "AI label") for c in label_columns]:
+    for column, role in _checked_columns(label_columns, group_column, margin_columns):
         if column is not None and column not in frame.columns:
             raise MissingColumnError(source, column, role, frame.columns)
     return frame, rejected
@@ -151,7 +157,8 @@ def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pai
                           derive: Callable[[pd.DataFrame], dict] | None = None, format: str = "auto",
                           seed: int = 0, on_invalid: str = "skip", max_pairs: int | None = None,
                           hf_split: str = "train", label_columns: Sequence[str] = (),
-                          group_column: str | None = None) -> tuple[pd.DataFrame, list[InvalidRecord]]:
+                          group_column: str | None = None, margin_columns: Sequence[str] = (),
+                          ) -> tuple[pd.DataFrame, list[InvalidRecord]]:
     """:func:`read_pairs` for a corpus larger than memory: the texts stream to ``texts_path`` and only the rest
     comes back.
 
@@ -165,11 +172,12 @@ def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pai
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    _check_read_options(format, on_invalid, label_columns)
+    _check_read_options(format, on_invalid, label_columns, margin_columns)
     source, rows, style = _open_source(path, format, hf_split)
     rejected: list[InvalidRecord] = []
     records = _read_records(source, rows, style, seed=seed, on_invalid=on_invalid, max_pairs=max_pairs,
-                            label_columns=tuple(label_columns), group_column=group_column, rejected=rejected)
+                            label_columns=tuple(label_columns), group_column=group_column, rejected=rejected,
+                            margin_columns=tuple(margin_columns))
     index_columns = tuple(c for c in PAIR_COLUMNS if c not in PAIR_TEXT[1:])
     text_schema = pa.schema([pa.field(c, pa.string()) for c in PAIR_TEXT])
     kept: list[pd.DataFrame] = []
@@ -190,10 +198,16 @@ def read_pairs_to_parquet(path: str | Path, texts_path: str | Path, *, chunk_pai
         if name in frame.columns:
             raise ValueError(f"{path}: the data has a column {name!r}, a name the run derives itself")
         frame[name] = values
-    for column, role in [(group_column, "group")] + [(c, "AI label") for c in label_columns]:
+    for column, role in _checked_columns(label_columns, group_column, margin_columns):
         if column is not None and column not in frame.columns and column not in PAIR_TEXT:
             raise MissingColumnError(source, column, role, frame.columns)
     return frame, rejected
+
+
+def _checked_columns(label_columns, group_column, margin_columns) -> list[tuple[str | None, str]]:
+    """The columns a read must find in some pair, with their roles."""
+    return [(group_column, "group"), *((c, "AI label") for c in label_columns),
+            *((c, "AI margin") for c in margin_columns)]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
@@ -232,8 +246,10 @@ def read_configured_pairs(config: RLTHFConfig, texts_path: str | Path | None = N
     :func:`read_pairs_to_parquet` (the texts go there, ``derive`` as it says). A column the data lacks is a
     :class:`~rlthf.config.ConfigError` that starts with the key that names it."""
     d, a = config.data, config.ai_labels
+    margins = (a.margin_column,) if a.source == "column" and a.margin_column else ()
     options = dict(format=d.format, seed=config.seed, on_invalid=d.on_invalid, max_pairs=d.max_pairs,
-                   hf_split=d.hf_split, label_columns=ai_label_columns(a), group_column=d.group_column)
+                   hf_split=d.hf_split, label_columns=ai_label_columns(a), group_column=d.group_column,
+                   margin_columns=margins)
     try:
         if texts_path is None:
             return read_pairs(d.path, **options)
@@ -241,6 +257,8 @@ def read_configured_pairs(config: RLTHFConfig, texts_path: str | Path | None = N
     except MissingColumnError as missing:
         if missing.role == "group":
             key = "data.group_column"
+        elif missing.role == "AI margin":
+            key = "ai_labels.margin_column"
         else:
             key = "ai_labels.column" if missing.column == a.column else "ai_labels.swapped_column"
         raise ConfigError(f"{key}: {missing}") from None
@@ -259,10 +277,11 @@ def column_ai_labels(pairs: pd.DataFrame, ai_labels: AILabelConfig) -> pd.DataFr
     ``id``; ``label`` ('a', 'b' or None) and ``consistent`` (both orders agree) by
     :func:`rlthf.core.labels.combine_orders` of ``ai_labels.column`` and ``ai_labels.swapped_column``; and
     ``confidence`` as :func:`rlthf.judges.labeling.aggregate_verdicts` names it: ``consistent``, ``inconsistent``
-    (the orders disagree), ``single`` (one order gave a label) or ``failed`` (none did).
+    (the orders disagree), ``single`` (one order gave a label) or ``failed`` (none did); ``margin``, the
+    ``ai_labels.margin_column`` as floats (NaN without one).
     """
     named = (("ai_labels.column", ai_labels.column), ("ai_labels.swapped_column", ai_labels.swapped_column))
-    for key, column in named:
+    for key, column in (*named, ("ai_labels.margin_column", ai_labels.margin_column)):
         if column is not None and column not in pairs.columns:
             raise ConfigError(f"{key}: the pairs have no column {column!r}; they have {', '.join(pairs.columns)}")
     orders = [pairs[c].to_numpy() for _, c in named if c is not None]
@@ -270,8 +289,10 @@ def column_ai_labels(pairs: pd.DataFrame, ai_labels: AILabelConfig) -> pd.DataFr
     votes = sum(pd.notna(combine_orders(order)[0]).astype(int) for order in orders)
     confidence = np.where(consistent, "consistent", np.where(votes == 2, "inconsistent",
                                                              np.where(votes == 1, "single", "failed")))
+    margin = (pd.to_numeric(pairs[ai_labels.margin_column]).to_numpy(dtype=float) if ai_labels.margin_column
+              else np.full(len(pairs), np.nan))
     return pd.DataFrame({"id": pairs["id"].to_numpy(), "label": pd.Series(label, dtype=object),  # None stays None
-                         "consistent": consistent, "confidence": confidence})
+                         "consistent": consistent, "confidence": confidence, "margin": margin})
 
 
 # Splits. Pairs that share a group key (a prompt, a question id) fall on the same side of every split, so no
@@ -386,21 +407,23 @@ class _Reject(Exception):
         self.field, self.reason = field, reason
 
 
-def _check_read_options(format: str, on_invalid: str, label_columns: Sequence[str]) -> None:
+def _check_read_options(format: str, on_invalid: str, label_columns: Sequence[str],
+                        margin_columns: Sequence[str]) -> None:
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_invalid not in ("skip", "error"):
         raise ValueError(f"on_invalid must be 'skip' or 'error'; got {on_invalid!r}")
-    if isinstance(label_columns, str):
-        raise TypeError("label_columns must be a sequence of column names, not one string")
-    clashes = [c for c in label_columns if c in PAIR_COLUMNS]
-    if clashes:
-        raise ValueError(f"label column {clashes[0]!r} is a pair column, not an AI label column")
+    for name, columns in (("label_columns", label_columns), ("margin_columns", margin_columns)):
+        if isinstance(columns, str):
+            raise TypeError(f"{name} must be a sequence of column names, not one string")
+        clashes = [c for c in columns if c in PAIR_COLUMNS]
+        if clashes:
+            raise ValueError(f"{name[:-8]} column {clashes[0]!r} is a pair column, not an AI {name[:-8]} column")
 
 
 def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, seed: int, on_invalid: str,
                   max_pairs: int | None, label_columns: tuple[str, ...], group_column: str | None,
-                  rejected: list[InvalidRecord]) -> Iterator[tuple[dict, dict]]:
+                  rejected: list[InvalidRecord], margin_columns: tuple[str, ...] = ()) -> Iterator[tuple[dict, dict]]:
     """The valid pairs with their extra fields (empty for ``hh_rlhf``), in file order; the rejected records
     are appended to ``rejected`` as they are met."""
     parse = _parse_transcripts if style == "hh_rlhf" else _parse_pairs
@@ -411,7 +434,7 @@ def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, s
         try:
             record = _as_record(row)
             pair = parse(record, seed)
-            extra = _extra_fields(record, label_columns, group_column) if style == "pairs" else {}
+            extra = _extra_fields(record, label_columns, group_column, margin_columns) if style == "pairs" else {}
             first = seen.line_of(pair["id"])
             if first is not None:
                 raise _Reject("id", f"duplicate of line {first}")
@@ -623,13 +646,18 @@ def _pairs_frame(pairs: list[dict], extras: list[dict], names: Sequence[str] = P
 
 # Extra columns: a generic record's other fields.
 
-def _extra_fields(record: dict, label_columns: tuple[str, ...], group_column: str | None) -> dict:
+def _extra_fields(record: dict, label_columns: tuple[str, ...], group_column: str | None,
+                  margin_columns: tuple[str, ...] = ()) -> dict:
     """The record's fields beyond ``PARSED_FIELDS``, renamed off the pair columns, with the label columns
-    checked and lower-cased and the group checked; a _Reject names the first bad field."""
+    checked and lower-cased, the margin columns checked and made floats, and the group checked; a _Reject names
+    the first bad field."""
     extra = {_extra_name(name, record): value for name, value in record.items() if name not in PARSED_FIELDS}
     for column in label_columns:
         if column in extra:
             extra[column] = _ai_label(extra[column], column)
+    for column in margin_columns:
+        if column in extra:
+            extra[column] = _ai_margin(extra[column], column)
     if group_column is not None and group_column not in PAIR_COLUMNS and _is_null(extra.get(group_column)):
         raise _Reject(group_column, "missing or null: every pair needs a group (the group column, "
                                     "data.group_column)")
@@ -652,6 +680,14 @@ def _ai_label(value: Any, column: str) -> str | None:
     if isinstance(value, str) and value.lower() in VERDICTS:
         return value.lower()
     raise _Reject(column, f"expected 'a', 'b', 'tie' or null (in any case), got {value!r}")
+
+
+def _ai_margin(value: Any, column: str) -> float:
+    if _is_null(value):
+        return math.nan
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value):
+        return float(value)
+    raise _Reject(column, f"expected a finite number (the judge's log-probability margin) or null, got {value!r}")
 
 
 def _cell(value: Any) -> Any:

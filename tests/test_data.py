@@ -446,6 +446,30 @@ def test_label_column_missing_everywhere_or_a_pair_column(tmp_path):
         read_pairs(tmp_path / "ai.jsonl", label_columns="verdict")
 
 
+def test_margin_columns_take_finite_numbers_or_null_and_name_the_bad_record(tmp_path):
+    rows = [ai_row(1, verdict="a", lp=1.5), ai_row(2, verdict="b", lp=-3), ai_row(3, verdict="a", lp=None),
+            ai_row(4, verdict="b")]  # the last has no margin field
+    write_lines(tmp_path / "ai.jsonl", rows)
+    pairs, rejected = read_pairs(tmp_path / "ai.jsonl", label_columns=("verdict",), margin_columns=("lp",))
+    assert rejected == [] and pairs["lp"].tolist()[:2] == [1.5, -3.0] and pairs["lp"][2:].isna().all()
+    for value in ("high", True, float("inf"), [1.0], {"a": 1}):
+        write_lines(tmp_path / "bad.jsonl", [ai_row(1, lp=0.5), ai_row(2, lp=value)])
+        pairs, rejected = read_pairs(tmp_path / "bad.jsonl", margin_columns=("lp",))
+        assert pairs["lp"].tolist() == [0.5]
+        assert [str(r) for r in rejected] == [f"bad.jsonl:2: field 'lp': expected a finite number (the judge's "
+                                              f"log-probability margin) or null, got {value!r}"]
+    with pytest.raises(MissingColumnError, match="no pair has the AI margin column 'logprob'"):
+        read_pairs(tmp_path / "ai.jsonl", margin_columns=("logprob",))
+    config = load_config(None, ["ai_labels.source=column", "ai_labels.column=verdict", "ai_labels.margin_column=lp"])
+    read, _ = read_pairs(tmp_path / "ai.jsonl", label_columns=("verdict",), margin_columns=("lp",))
+    labels = column_ai_labels(read, config.ai_labels)
+    assert labels["margin"].tolist()[:2] == [1.5, -3.0] and labels["margin"][2:].isna().all()
+    with pytest.raises(ConfigError, match=r"^ai_labels\.margin_column: the pairs have no column 'lp'"):
+        column_ai_labels(read.drop(columns="lp"), config.ai_labels)
+    with pytest.raises(ConfigError, match="ai_labels.margin_column: must differ from the label columns"):
+        load_config(None, ["ai_labels.source=column", "ai_labels.column=verdict", "ai_labels.margin_column=verdict"])
+
+
 COMBINE_TABLE = [  # first, swapped -> label, consistent
     ("a", "a", "a", True), ("b", "b", "b", True),
     ("a", "b", None, False), ("b", "a", None, False),
@@ -481,7 +505,8 @@ def test_column_ai_labels_in_the_shape_of_a_judges_labels():
     both = load_config(None, ["ai_labels.source=column", "ai_labels.column=first",
                               "ai_labels.swapped_column=swapped"]).ai_labels
     labels = column_ai_labels(pairs, both)
-    assert labels.columns.tolist() == ["id", "label", "consistent", "confidence"]
+    assert labels.columns.tolist() == ["id", "label", "consistent", "confidence", "margin"]
+    assert labels["margin"].isna().all()  # no margin column
     assert labels["label"].tolist() == ["a", None, "b", None, "b"]
     assert labels["consistent"].tolist() == [True, False, False, False, False]
     assert labels["confidence"].tolist() == ["consistent", "inconsistent", "single", "failed", "single"]
@@ -553,6 +578,10 @@ def test_configured_read_names_the_key_of_a_missing_column(vicuna_config, tmp_pa
     bad_group = dataclasses.replace(vicuna_config, data=dataclasses.replace(vicuna_config.data, group_column="qid"))
     with pytest.raises(ConfigError, match=r"^data\.group_column: pairs\.jsonl\.gz: no pair has the group column 'qid'"):
         read_configured_pairs(bad_group)
+    bad_margin = dataclasses.replace(vicuna_config, ai_labels=dataclasses.replace(a, margin_column="logprob_margin"))
+    with pytest.raises(ConfigError, match=r"^ai_labels\.margin_column: pairs\.jsonl\.gz: no pair has the AI margin "
+                                          r"column 'logprob_margin'"):
+        read_configured_pairs(bad_margin)
     with pytest.raises(ConfigError, match=r"^data\.group_column: the pairs have no column 'qid'"):
         split_and_shard(pd.DataFrame({"id": ["x"]}), bad_group.data, 0)
     with pytest.raises(ConfigError, match=r"^ai_labels\.column: the pairs have no column 'verdict'"):

@@ -105,3 +105,7 @@ def test_least_confident_first_needs_a_judge_that_scores_log_probabilities():
                     ["selection.judge_signal=least_confident_first", "judge.mode=generate"])
     config = load_config(REPO / "configs/demo_judge.yaml", ["selection.judge_signal=least_confident_first"])
     assert config.selection.judge_signal == "least_confident_first"
+    # AI labels from a column with the judge's margins beside them
+    config = load_config(REPO / "configs/vicuna80.yaml", ["selection.judge_signal=least_confident_first",
+                                                          "ai_labels.margin_column=judge_margin"])
+    assert config.ai_labels.margin_column == "judge_margin"

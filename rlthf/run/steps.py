@@ -197,6 +197,7 @@ def ai_labels_step(rd: RunDir, config: RLTHFConfig, pairs: pd.DataFrame, cache_d
             data = read_pairs_index(rd)  # with the data's own columns
             columns = column_ai_labels(data[data["split"] == "train"].reset_index(drop=True), config.ai_labels)
             label, confidence = columns["label"].to_numpy(dtype=object), columns["confidence"].to_numpy(dtype=object)
+            judge_margin = columns["margin"].to_numpy(dtype=float)
         elif source == "judge":
             label = np.full(len(corpus), None, dtype=object)
             judged = judge_step(rd, config, shard).set_index("id").reindex(shard["id"])

@@ -135,7 +135,7 @@ def read_pairs(path: str | Path, *, format: str = "auto", seed: int = 0, on_inva
     InvalidRecord
         With ``on_invalid='error'``, the first bad record.
     MissingColumnError
-        When a label column or the group column is in no pair read.
+        When a label, margin or group column is in no pair read.
     """
     _check_read_options(format, on_invalid, label_columns, margin_columns)
     source, rows, style = _open_source(path, format, hf_split)

@@ -5,7 +5,7 @@ import pytest
 
 from rlthf.cluster.actors import actor_cpus
 from rlthf.config import JudgeConfig
-from rlthf.judges.labeling import aggregate_verdicts, backend_class, judge_report, label_tally
+from rlthf.judges.labeling import LabelsFile, aggregate_verdicts, backend_class, judge_report, label_tally
 
 NAN = float("nan")
 
@@ -92,3 +92,19 @@ def test_an_actor_pool_never_holds_every_cpu_of_a_small_cluster():
     assert actor_cpus(2, 1, 2.0) == 0.5 and actor_cpus(4, 1, 3.0) == 0.5
     assert actor_cpus(1, 2, 16.0) == 2 and actor_cpus(3, 2, 8.0) == 2  # room to spare: as asked
     assert actor_cpus(1, 1, 1.0) == 1  # a one-CPU cluster has nothing to leave
+
+
+def test_the_labels_file_reads_back_the_same_whatever_string_dtype_the_first_batch_had(tmp_path):
+    def batch(ids, labels, dtype):
+        return pd.DataFrame({"id": pd.Series(ids, dtype=dtype), "label": pd.Series(labels, dtype=dtype),
+                             "confidence": pd.Series(["single"] * len(ids), dtype=dtype),
+                             "logprob_margin": np.full(len(ids), np.nan)})
+
+    read = []
+    for first, then in (("string[pyarrow]", object), (object, "str"), ("str", "string[pyarrow]")):
+        path = tmp_path / f"{first}.parquet"
+        with LabelsFile(path) as out:  # Ray Data hands blocks over with any of these
+            out.write(batch(["x", "y"], ["a", None], first))
+            out.write(batch(["z"], [None], then))
+        read.append(pd.read_parquet(path))
+    assert all(frame.equals(read[0]) for frame in read) and read[0]["label"].isna().tolist() == [False, True, True]

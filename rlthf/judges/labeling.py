@@ -347,7 +347,11 @@ class LabelsFile:
 
         if self.partial is None or not len(batch):
             return
-        table = pa.Table.from_pandas(batch, schema=label_schema(batch.columns), preserve_index=False)
+        schema = label_schema(batch.columns)
+        # Ray Data hands string columns over as object, str or string[pyarrow] by the block; the first batch's
+        # dtype is what a reader gets back (pandas metadata), so every batch goes as object: None stays None
+        batch = batch.astype({f.name: object for f in schema if pa.types.is_string(f.type)})
+        table = pa.Table.from_pandas(batch, schema=schema, preserve_index=False)
         self.writer = self.writer or pq.ParquetWriter(self.partial, table.schema)
         self.writer.write_table(table)
 

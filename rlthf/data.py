@@ -413,12 +413,12 @@ def _check_read_options(format: str, on_invalid: str, label_columns: Sequence[st
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if on_invalid not in ("skip", "error"):
         raise ValueError(f"on_invalid must be 'skip' or 'error'; got {on_invalid!r}")
-    for name, columns in (("label_columns", label_columns), ("margin_columns", margin_columns)):
+    for role, columns in (("label", label_columns), ("margin", margin_columns)):
         if isinstance(columns, str):
-            raise TypeError(f"{name} must be a sequence of column names, not one string")
+            raise TypeError(f"{role}_columns must be a sequence of column names, not one string")
         clashes = [c for c in columns if c in PAIR_COLUMNS]
         if clashes:
-            raise ValueError(f"{name[:-8]} column {clashes[0]!r} is a pair column, not an AI {name[:-8]} column")
+            raise ValueError(f"{role} column {clashes[0]!r} is a pair column, not an AI {role} column")
 
 
 def _read_records(source: str, rows: Iterator[tuple[int, Any]], style: str, *, seed: int, on_invalid: str,

@@ -121,6 +121,39 @@ def test_a_run_directory_with_texts_in_its_pairs_file_resumes(hh_rlhf_path, tmp_
     assert again.equals(pairs) and corpus.pair_texts(rd, pairs["id"]).equals(texts)
 
 
+def test_a_small_run_embeds_its_shard_and_test_texts_in_one_pass_before_training(ray_local, hh_rlhf_path, tmp_path,
+                                                                                   monkeypatch):
+    import rlthf.reward.embeddings as embeddings
+    from rlthf.reward.backends import make_reward_backend
+    from rlthf.rundir import RunDir
+    from rlthf.run.steps import features_step, prepare
+
+    passes = []  # the texts of every embedding pass (each loads the backbone)
+    embed_texts = embeddings.embed_texts
+    monkeypatch.setattr(embeddings, "embed_texts", lambda cache, todo, **kw: passes.append(len(todo)) or
+                        embed_texts(cache, todo, **kw))
+    cfg = config(hh_rlhf_path, tmp_path / "cache", tmp_path / "run", "data.max_pairs=60", "data.shard_fraction=0.5",
+                 "data.ground_truth=raw")
+    rd = RunDir(tmp_path / "run")
+    pairs = prepare(rd, cfg, str(tmp_path / "cache"))
+    backend = make_reward_backend(cfg.reward, str(tmp_path / "cache"))
+    features_step(rd, backend, pairs)
+    looped_over = (pairs["in_shard"] | (pairs["split"] == "test")).to_numpy()
+    assert 0 < looped_over.sum() < len(pairs)
+    texts = corpus.pair_texts(rd, pairs["id"])
+    spec = backend.features
+
+    def keys(rows):
+        return {spec.text_key(p, r) for side in "ab" for p, r in zip(rows["prompt"], rows[f"response_{side}"])}
+
+    assert passes == [len(keys(texts[looped_over]))]  # one pass, every distinct text of the shard and test set
+    cached = set(EmbeddingCache(tmp_path / "cache", spec).lookup(keys(texts)))
+    # the corpus pairs outside the shard wait for the final step that scores them
+    assert cached == keys(texts[looped_over]) and keys(texts[~looped_over]) - cached
+    features_step(rd, backend, pairs)  # a resumed run finds every text cached
+    assert passes[1:] == [0]  # nothing left to embed
+
+
 @pytest.mark.parametrize("column", ["split", "test_draw"])
 def test_a_data_column_named_like_one_the_run_makes_is_refused(tmp_path, column):
     import json

@@ -314,9 +314,15 @@ def features_step(rd: RunDir, backend, pairs: pd.DataFrame) -> None:
     """The features of every pair, written once (``data/features-<key>/``, in the run's mirror when it has one:
     Ray's workers write and read it) where the reward model reads frozen features and the run is too large for
     this process (:func:`~rlthf.run.corpus.beyond_driver`): every later training and scoring pass reads its
-    pairs' features by id, where it would join the embedding cache on the texts again."""
+    pairs' features by id, where it would join the embedding cache on the texts again. A smaller run fills the
+    embedding cache with the texts of the shard and the test set in one pass instead: training and scoring would
+    each embed the texts new to them, loading the backbone once a pass."""
     name = features_name(backend)
-    if name is None or not beyond_driver(len(pairs)):
+    if name is None:
+        return
+    if not beyond_driver(len(pairs)):
+        looped_over = pairs["in_shard"].to_numpy() | (pairs["split"] == "test").to_numpy()
+        backend.embeddings(texts_dataset(rd, pairs["id"][looped_over]).to_pandas())
         return
 
     def compute() -> dict:

@@ -41,10 +41,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from reward_backbones import BACKBONES, DATA, LENGTH, embed, length_features, question_folds  # benchmarks/ is the script's directory
+# benchmarks/ is the script's directory
+from reward_backbones import BACKBONES, DATA, LENGTH, embed, length_features, question_folds
 from rlthf.config import RewardConfig
 from rlthf.core.curve import analyze_curve
-from rlthf.core.labels import combine_orders
+from rlthf.core.labels import combine_orders, label_sign
 from rlthf.core.selection import select_pairs
 from rlthf.reward.common import warmup_linear
 
@@ -129,10 +130,6 @@ def p_a(labels: np.ndarray) -> np.ndarray:
     return (labels == "a").astype(np.float64)
 
 
-def sign(labels: np.ndarray) -> np.ndarray:
-    return np.where(labels == "a", 1.0, -1.0)
-
-
 def rlthf_loop(features: PairFeatures, corpus: np.ndarray, truth: np.ndarray, ai: np.ndarray, seed: int) -> dict:
     """RLTHF on the corpus at a 10% budget (the preset's settings), then the uniform audit; the labels and the
     last model. Positions index ``corpus``."""
@@ -145,14 +142,14 @@ def rlthf_loop(features: PairFeatures, corpus: np.ndarray, truth: np.ndarray, ai
     batch, budget = int(round(0.017 * n)), int(0.10 * n)
     eyes_off = rng.choice(n, 5, replace=False)
     human[eyes_off], labels[eyes_off] = True, truth[eyes_off]
-    model, margin, asked_wrong = model_0, margin_0 * sign(labels), []
+    model, margin, asked_wrong = model_0, margin_0 * label_sign(labels), []
     for _ in range(4):
         selection = select_pairs(analyze_curve(margin), human, annotation_size=batch, amplification=4, backoff=0.2)
         labels[selection.flip] = np.where(labels[selection.flip] == "a", "b", "a")
         asked_wrong += list(labels[selection.annotate] != truth[selection.annotate])
         human[selection.annotate], labels[selection.annotate] = True, truth[selection.annotate]
         model = features.fit(corpus[selection.train], p_a(labels[selection.train]), seed)
-        margin = model(corpus) * sign(labels)
+        margin = model(corpus) * label_sign(labels)
     audit = rng.choice(np.flatnonzero(~human), budget - int(human.sum()), replace=False)
     human[audit], labels[audit] = True, truth[audit]
     return {"labels": labels, "human": human, "model": model, "targeted_wrong": float(np.mean(asked_wrong)),
@@ -167,7 +164,7 @@ def recipes(features: PairFeatures, corpus: np.ndarray, truth: np.ndarray, ai: n
     out = {"RLTHF (the run's)": run["model"], "curated, once": features.fit(corpus, target, seed)}
     for e in SMOOTHING:
         out[f"smoothed {e}"] = features.fit(corpus, np.where(human, target, target * (1 - e) + (1 - target) * e), seed)
-    agreement = run["model"](corpus) * sign(labels)
+    agreement = run["model"](corpus) * label_sign(labels)
     kept = human | (agreement >= np.quantile(agreement[~human], 0.3))
     out["small-loss 70%"] = features.fit(corpus[kept], target[kept], seed)
     right = 1 / (1 + np.exp(-agreement))  # the RLTHF model's P(the label is right)
@@ -176,7 +173,8 @@ def recipes(features: PairFeatures, corpus: np.ndarray, truth: np.ndarray, ai: n
     human_rows = np.repeat(np.flatnonzero(human), 4)
     rows = np.concatenate([human_rows, np.flatnonzero(has_ai)])  # where a human also labelled, both labels count
     targets = np.concatenate([target[human_rows], p_a(ai[has_ai])])
-    out["judge-bias head"] = features.fit(corpus[rows], targets, seed, judge_rows=np.arange(len(rows)) >= len(human_rows))
+    judge_rows = np.arange(len(rows)) >= len(human_rows)
+    out["judge-bias head"] = features.fit(corpus[rows], targets, seed, judge_rows=judge_rows)
     out["human labels only"] = features.fit(corpus[human], target[human], seed)
     clean = np.random.default_rng(seed).choice(n, min(800, n), replace=False)
     out["800 random human labels"] = features.fit(corpus[clean], p_a(truth[clean]), seed)
@@ -208,7 +206,7 @@ def study(features: PairFeatures, pairs: pd.DataFrame, folds: int, repeats: int)
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean test accuracy of every recipe and its paired difference to Human's with a 95% t-interval."""
+    """Mean test accuracy of every recipe and its paired difference to Human's, +-1.96 standard errors."""
     human = results["Human (every label)"]
     lines = []
     for name in results.columns.drop("fold"):
@@ -231,13 +229,13 @@ def detectors(features: PairFeatures, pairs: pd.DataFrame, folds: int, picked: i
         corpus = np.flatnonzero((fold_of != k) & (pairs["ai_label"] != "").to_numpy())
         ai = pairs["ai_label"].to_numpy(dtype=str)[corpus]
         wrong = ai != pairs["label"].to_numpy()[corpus]
-        agreement = [features.fit(corpus, p_a(ai), 10 * k + s)(corpus) * sign(ai) for s in range(5)]
+        agreement = [features.fit(corpus, p_a(ai), 10 * k + s)(corpus) * label_sign(ai) for s in range(5)]
         out_of_fold = np.zeros(len(corpus))
         part = np.random.default_rng(k).integers(0, 5, len(corpus))
         for p in range(5):
             out_of_fold[part == p] = features.fit(corpus[part != p], p_a(ai[part != p]), k)(corpus[part == p])
         for name, doubt in (("one model", agreement[0]), ("5-seed mean", np.mean(agreement, axis=0)),
-                            ("out-of-fold", out_of_fold * sign(ai))):
+                            ("out-of-fold", out_of_fold * label_sign(ai))):
             scores.setdefault(name, []).append(float(np.mean(wrong[np.argsort(doubt, kind="stable")[:picked]])))
         scores.setdefault("AI labels wrong", []).append(float(wrong.mean()))
     return {name: round(100 * float(np.mean(v)), 1) for name, v in scores.items()}
@@ -269,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.detectors:
             print(name, head, detectors(features, pairs, args.folds), flush=True)
             continue
-        print(f"\n{name}, {head} head\n" + summary(study(features, pairs, args.folds, args.repeats)).to_string(index=False))
+        results = study(features, pairs, args.folds, args.repeats)
+        print(f"\n{name}, {head} head\n" + summary(results).to_string(index=False))
 
 
 if __name__ == "__main__":

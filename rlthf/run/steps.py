@@ -322,7 +322,7 @@ def features_step(rd: RunDir, backend, pairs: pd.DataFrame) -> None:
         return
     if not beyond_driver(len(pairs)):
         looped_over = pairs["in_shard"].to_numpy() | (pairs["split"] == "test").to_numpy()
-        backend.embeddings(texts_dataset(rd, pairs["id"][looped_over]).to_pandas())
+        backend.embeddings(pair_texts(rd, pairs["id"][looped_over]))
         return
 
     def compute() -> dict:
